@@ -1,0 +1,34 @@
+# Two entry points, each doing its own set-up: `make bench` (the main job) and `make test`.
+# Set-up is idempotent: a virtual environment in $(VENV) with torch $(TORCH_VERSION) and the
+# project installed in editable mode (compiling vqvae_fast._C), redone only when inputs change.
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_VERSION ?= 2.14.1
+PY := $(VENV)/bin/python
+EXT_SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cuda/*.cu csrc/cuda/*.cuh csrc/cuda/*.h)
+
+.PHONY: setup bench test info clean
+
+setup: $(VENV)/.built
+
+$(VENV)/.deps: requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q "torch==$(TORCH_VERSION)" -r requirements-dev.txt
+	touch $@
+
+$(VENV)/.built: $(VENV)/.deps setup.py pyproject.toml $(EXT_SOURCES)
+	$(PY) -m pip install -q -e . --no-build-isolation --no-deps
+	touch $@
+
+bench: setup
+	$(PY) -m vqvae_fast bench $(ARGS)
+
+test: setup
+	$(PY) -m pytest tests $(ARGS)
+
+info: setup
+	$(PY) -m vqvae_fast info
+
+clean:
+	rm -rf build *.egg-info vqvae_fast/_C*.so $(VENV)/.built

@@ -1,0 +1,58 @@
+"""Comparison helpers: the tolerances of DESIGN.md section 4, in one place."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def to_dtype(args: Sequence, dtype: torch.dtype) -> list:
+    """Floating tensors among ``args`` cast to ``dtype`` (others unchanged)."""
+    return [a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
+
+
+def max_abs_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    diff = (actual.double() - expected.double()).abs()
+    return float(diff.max()) if diff.numel() else 0.0
+
+
+def assert_matches_reference(
+    actual: torch.Tensor | Sequence[torch.Tensor],
+    reference: Callable,
+    args: Sequence,
+    *,
+    dtype: torch.dtype,
+    atol: float = 1e-5,
+    rtol_fp32: float = 1e-4,
+) -> None:
+    """Check a fast result against the reference run on ``args`` (DESIGN.md section 4).
+
+    fp32 / fp64: within ``rtol_fp32`` relative and ``atol`` absolute of the reference in fp64.
+    fp16 / bf16: the error against the fp64 reference is at most twice the error of the
+    reference computed in ``dtype`` itself, plus ``atol`` scaled by the output magnitude.
+    ``reference(*args)`` may return a tensor or a tuple; ``actual`` must match that structure.
+    """
+    expected64 = reference(*to_dtype(args, torch.float64))
+    actual_list = [actual] if isinstance(actual, torch.Tensor) else list(actual)
+    expected_list = [expected64] if isinstance(expected64, torch.Tensor) else list(expected64)
+    if dtype in LOW_PRECISION:
+        same_dtype = reference(*to_dtype(args, dtype))
+        same_list = [same_dtype] if isinstance(same_dtype, torch.Tensor) else list(same_dtype)
+    for i, (got, want) in enumerate(zip(actual_list, expected_list)):
+        assert got.shape == want.shape, f"output {i}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+        if dtype in LOW_PRECISION:
+            scale = float(want.abs().max()) if want.numel() else 1.0
+            err = max_abs_error(got, want)
+            baseline = max_abs_error(same_list[i], want)
+            bound = 2 * baseline + atol * max(scale, 1.0)
+            assert err <= bound, (
+                f"output {i}: error {err:.3e} vs fp64 exceeds 2 x the {dtype} reference's "
+                f"{baseline:.3e} + atol (bound {bound:.3e})"
+            )
+        else:
+            torch.testing.assert_close(
+                got.double(), want.double(), rtol=rtol_fp32, atol=atol, msg=lambda m: f"output {i}: {m}"
+            )

@@ -1,0 +1,32 @@
+"""vqvae_fast: fast kernels for VQ-VAE / VQGAN autoencoders, checked against a PyTorch reference.
+
+Functional ops (each picks the best backend for its input; see ``info()``)::
+
+    group_norm_silu(x, num_groups, weight=None, bias=None, eps=1e-6, activation="silu")
+    spatial_attention(q, k, v, scale=None)
+    codebook_argmin(z, codebook, precision="ieee", return_distance=False)
+    padded_conv2d(x, weight, bias=None, stride=1, padding=(0, 0, 0, 0))
+
+``vqvae_fast.reference`` holds the pure-PyTorch reference model and ops; ``use_backend(name)``
+forces a backend. Importing this package neither initialises CUDA nor needs triton or the
+compiled extension.
+"""
+
+from . import configs, reference
+from ._backend import BackendUnavailableError, use_backend
+from ._version import __version__
+from .info import info
+from .ops import codebook_argmin, group_norm_silu, padded_conv2d, spatial_attention
+
+__all__ = [
+    "BackendUnavailableError",
+    "__version__",
+    "codebook_argmin",
+    "configs",
+    "group_norm_silu",
+    "info",
+    "padded_conv2d",
+    "reference",
+    "spatial_attention",
+    "use_backend",
+]
