@@ -4,7 +4,8 @@ What gets built
 ---------------
 * The Python package ``vqvae_fast`` with the top-level ``kernels/`` folder installed as the
   subpackage ``vqvae_fast.kernels`` (never as a top-level ``kernels`` module: an unrelated
-  distribution of that name exists).
+  distribution of that name exists), and ``benchmarks/`` as ``vqvae_fast.benchmarks`` so that
+  the installed ``vqvae-fast bench`` command has its suite.
 * The extension ``vqvae_fast._C`` from ``csrc/``: the C++ part (op schemas, CPU kernels) always,
   the CUDA part (``csrc/cuda/*.cu``) when a CUDA build of torch and ``nvcc`` are present.
 
@@ -151,8 +152,9 @@ ext_modules, cmdclass, _build_info = build_extensions()
 
 setup(
     version=read_version(),
-    packages=find_packages(include=["vqvae_fast", "vqvae_fast.*"]) + ["vqvae_fast.kernels"],
-    package_dir={"vqvae_fast.kernels": "kernels"},
+    packages=find_packages(include=["vqvae_fast", "vqvae_fast.*"])
+    + ["vqvae_fast.kernels", "vqvae_fast.benchmarks"],
+    package_dir={"vqvae_fast.kernels": "kernels", "vqvae_fast.benchmarks": "benchmarks"},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     options={"bdist_wheel": {"py_limited_api": "cp39"}} if ext_modules else {},

@@ -31,3 +31,19 @@ def device(request) -> str:
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(params=DEVICES)
+def triton_device(request):
+    """A device on which the ``triton`` backend is forced for the test's duration.
+
+    On CPU the kernels run in Triton's interpreter; on CUDA they are compiled for the GPU.
+    """
+    import vqvae_fast
+    from vqvae_fast import _backend
+
+    reason = _backend.triton_status()
+    if reason is not None:
+        pytest.skip(reason)
+    with vqvae_fast.use_backend("triton"):
+        yield request.param

@@ -12,7 +12,7 @@ forces a backend. Importing this package neither initialises CUDA nor needs trit
 compiled extension.
 """
 
-from . import configs, reference
+from . import configs, nn, reference
 from ._backend import BackendUnavailableError, use_backend
 from ._version import __version__
 from .info import info
@@ -25,6 +25,7 @@ __all__ = [
     "configs",
     "group_norm_silu",
     "info",
+    "nn",
     "padded_conv2d",
     "reference",
     "spatial_attention",

@@ -14,6 +14,8 @@ import torch
 
 #: dtypes the fast kernels compute in (fp64 runs through the CPU / reference backends).
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+#: dtypes the GPU kernels (Triton, CUDA) take.
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 

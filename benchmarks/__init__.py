@@ -1,0 +1,1 @@
+"""The benchmark suite of vqvae_fast; installed as ``vqvae_fast.benchmarks``."""
