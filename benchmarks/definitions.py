@@ -113,6 +113,7 @@ class OpBench:
     name: str = ""
     providers: tuple[str, ...] = PROVIDERS
     has_backward: bool = True
+    has_flops: bool = True  # False where the floor is the bytes alone
     tf32_flag: str = "matmul"  # which TF32 switch governs fp32 work: "matmul" or "cudnn"
 
     def modes_for(self, shape: Shape) -> tuple[str, ...]:
@@ -179,6 +180,7 @@ class OpBench:
 
 class GroupNormSiLU(OpBench):
     name = "group_norm_silu"
+    has_flops = False
     groups, eps = 32, 1e-6
 
     def make_inputs(self, case, device, requires_grad, gen):

@@ -132,28 +132,41 @@ def measure_flop_rate(device: torch.device, dtype: str) -> float:
 
 
 class Peaks:
-    """The device's ceilings, each measured on first use and then remembered."""
+    """The device's ceilings, each measured on first use and then remembered.
+
+    A measurement that fails (say, a dtype without a matrix product on this device) is remembered
+    as ``None``: the rows that need it get no floor, and the failure goes to ``errors``.
+    """
 
     def __init__(self, device: torch.device):
         self.device = device
         self._bandwidth: float | None = None
-        self._flops: dict[str, float] = {}
+        self._flops: dict[str, float | None] = {}
+        self.errors: dict[str, str] = {}
 
     @property
-    def bandwidth(self) -> float:
-        if self._bandwidth is None:
-            self._bandwidth = measure_bandwidth(self.device)
+    def bandwidth(self) -> float | None:
+        if self._bandwidth is None and "bandwidth" not in self.errors:
+            self._bandwidth = self._measure("bandwidth", lambda: measure_bandwidth(self.device))
         return self._bandwidth
 
-    def flop_rate(self, dtype: str) -> float:
+    def flop_rate(self, dtype: str) -> float | None:
         if self.device.type != "cuda" and dtype == "tf32":
             dtype = "fp32"
         if dtype not in self._flops:
-            self._flops[dtype] = measure_flop_rate(self.device, dtype)
+            self._flops[dtype] = self._measure(dtype, lambda: measure_flop_rate(self.device, dtype))
         return self._flops[dtype]
+
+    def _measure(self, name: str, fn) -> float | None:
+        try:
+            return fn()
+        except Exception as err:  # noqa: BLE001 - no ceiling means no floor, not a failed run
+            self.errors[name] = f"{type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}"
+            return None
 
     def as_dict(self) -> dict:
         return {
             "bandwidth_gbps": None if self._bandwidth is None else self._bandwidth / 1e9,
-            "tflops": {k: v / 1e12 for k, v in sorted(self._flops.items())},
+            "tflops": {k: v / 1e12 for k, v in sorted(self._flops.items()) if v is not None},
+            "errors": dict(self.errors),
         }

@@ -175,7 +175,7 @@ class Suite:
         self.peaks.bandwidth
         for case, providers in planned:
             bench = self.benches[case.op]
-            if case.op == "vqmodel" or formulas.FORMULAS[case.op](case.shape.dims, case.dtype, case.mode).flops:
+            if bench.has_flops:
                 for provider in providers:
                     self.peaks.flop_rate(bench.peak_dtype(case, provider, self.device))
 
@@ -235,6 +235,8 @@ class Suite:
             except Exception as err:  # noqa: BLE001 - one failing provider must not end the suite
                 row.update(status="error", error=short_error(err))
                 self.check_fatal(err)
+        if row["status"] == "error" and not self.broken:
+            release(self.device)  # e.g. after running out of memory, before the next provider
         messages = []
         for w in caught:
             text = f"{w.category.__name__}: {str(w.message).splitlines()[0][:160]}"
