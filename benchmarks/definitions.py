@@ -72,8 +72,9 @@ def to_format(t: torch.Tensor, fmt: str) -> torch.Tensor:
 
 
 def upcast(t: torch.Tensor, requires_grad: bool) -> torch.Tensor:
-    """An fp64 leaf copy of ``t`` (``.to`` keeps the memory format)."""
-    return t.detach().to(torch.float64).requires_grad_(requires_grad)
+    """A contiguous fp64 leaf copy of ``t`` (the layout changes no value, and fp64 kernels are
+    surest in the default one)."""
+    return t.detach().to(torch.float64, memory_format=torch.contiguous_format).requires_grad_(requires_grad)
 
 
 def compare(actual, expected) -> tuple[float, float]:

@@ -7,7 +7,6 @@ exist here is skipped; one that raises fails its test.
 """
 
 import pytest
-import torch
 
 from vqvae_fast.benchmarks import formulas
 from vqvae_fast.benchmarks.definitions import ProviderUnavailable, all_benches, make_generator

@@ -176,7 +176,8 @@ def test_suite_writes_every_file_and_column(tmp_path, device):
                        "pct_floor", "peak_mem_mb", "max_err", "rel_err", "device", "torch", "vqvae_fast"):
             assert r[column] != "", (column, r["op"], r["provider"], r["mode"])
         assert float(r["time_p20_us"]) <= float(r["time_p50_us"]) <= float(r["time_p80_us"])
-        assert float(r["rel_err"]) < 1e-4  # fp32 everywhere in the tiny set
+        # fp32 everywhere in the tiny set; cuDNN runs fp32 convolutions in TF32 by default
+        assert float(r["rel_err"]) < (1e-4 if device == "cpu" else 1e-2)
         assert r["gbps"] != "" or r["tflops"] != ""
     for r in rows:
         if r["op"] == "vqmodel" and r["provider"] == "vqvae_fast":
