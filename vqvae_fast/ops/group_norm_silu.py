@@ -119,6 +119,10 @@ def _fast_backend(x: torch.Tensor) -> str:
 def _native_forward(x, num_groups, weight, bias, eps, silu):
     N, C = x.shape[0], x.shape[1]
     HxW = math.prod(x.shape[2:])
+    if x.numel() == 0:  # native group norm refuses an empty spatial size
+        y = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
+        stats = x.new_zeros((N, num_groups), dtype=_stats_dtype(x.dtype))
+        return y, stats, stats.clone()
     y, mean, rstd = torch.native_group_norm(x, weight, bias, N, C, HxW, num_groups, eps)
     if silu:
         torch.nn.functional.silu(y, inplace=True)
@@ -130,6 +134,10 @@ def _native_forward(x, num_groups, weight, bias, eps, silu):
 def _native_backward(dy, x, mean, rstd, weight, bias, num_groups, eps, silu):
     N, C = x.shape[0], x.shape[1]
     HxW = math.prod(x.shape[2:])
+    if x.numel() == 0:
+        dx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
+        zeros = lambda p: x.new_empty((0,)) if p is None else torch.zeros_like(p)  # noqa: E731
+        return dx, zeros(weight), zeros(bias)
     # the statistics in the dtype native group norm produced them (a lossless round trip)
     mixed = any(p is not None and p.dtype != x.dtype for p in (weight, bias))
     stats = mean.dtype if mixed else x.dtype
@@ -271,7 +279,7 @@ def _cpu_group_norm_silu(x, num_groups, weight, bias, eps, activation):
     :func:`_native_forward` on CPU tensors). In eager mode the same ATen calls run directly:
     at small sizes the custom op's Python dispatch would cost more than the work."""
     silu = activation == "silu"
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or x.numel() == 0:
         return _call_op(x, num_groups, weight, bias, eps, activation)
     params = [p for p in (weight, bias) if p is not None]
     if not (torch.is_grad_enabled() and any(t.requires_grad for t in [x, *params])):
