@@ -60,6 +60,13 @@ def _offsets(c, s, stride_c, stride_s, CHANNELS_LAST: tl.constexpr):
 
 
 @triton.jit
+def _as_float(n):
+    """``n`` as fp32 (or a Python float): integer arguments equal to 1 arrive as constexprs, which
+    have no ``.to``."""
+    return n * 1.0
+
+
+@triton.jit
 def _silu_grad(dy, z):
     """d(z * sigmoid(z))/dz times ``dy``."""
     sig = tl.sigmoid(z)
@@ -89,7 +96,7 @@ def _gn_fwd_fused_kernel(
                 mask=mask, other=0.0).to(tl.float32)
     # shift by the group's first element: sums of x - shift do not cancel when |mean| >> std
     shift = tl.load(x_base + _offsets(g * CPG, g * 0, stride_xc, stride_xs, CHANNELS_LAST)).to(tl.float32)
-    count = (CPG * S).to(tl.float32)
+    count = _as_float(CPG) * S
     mean = shift + tl.sum(tl.sum(tl.where(mask, x - shift, 0.0), axis=1), axis=0) / count
     d = tl.where(mask, x - mean, 0.0)
     var = tl.sum(tl.sum(d * d, axis=1), axis=0) / count
@@ -164,7 +171,7 @@ def _gn_fwd_combine_kernel(
     pid = tl.program_id(0)
     base = pid.to(tl.int64) * CPG * NUM_CHUNKS
     total = CPG * NUM_CHUNKS
-    count = CPG.to(tl.float32) * S
+    count = _as_float(CPG) * S
     # pivot on the first partial mean: the sum of count-weighted deviations does not cancel
     pivot = tl.load(pmean_ptr + base)
     acc = tl.zeros([BLOCK], dtype=tl.float32)
@@ -268,7 +275,7 @@ def _gn_bwd_fused_kernel(
     dz = tl.where(mask, dz, 0.0)
     sum_dz = tl.sum(dz, axis=1)
     sum_dz_xhat = tl.sum(tl.where(mask, dz * xhat, 0.0), axis=1)
-    count = (CPG * S).to(tl.float32)
+    count = _as_float(CPG) * S
     c2 = tl.sum(w * sum_dz, axis=0) / count
     c1 = tl.sum(w * sum_dz_xhat, axis=0) / count
     dx = rstd * (dz * w[:, None] - c2 - xhat * c1)
@@ -368,7 +375,7 @@ def _gn_bwd_group_kernel(
             sum_b = sum_b * w
         acc2 += sum_a
         acc1 += sum_b
-    count = CPG.to(tl.float32) * S
+    count = _as_float(CPG) * S
     tl.store(c2_ptr + pid, tl.sum(acc2, axis=0) / count)
     tl.store(c1_ptr + pid, tl.sum(acc1, axis=0) / count)
 
@@ -538,12 +545,12 @@ def _split_tile(C: int, S: int, channels_last: bool, tile: int) -> tuple[int, in
     return min(_pow2(C), max(tile // block_s, 1)), block_s
 
 
-def _chunking(N: int, C: int, S: int, block_c: int, block_s: int, device, chunk_tiles: int | None):
+def _chunking(N: int, C: int, S: int, block_c: int, block_s: int, num_sms: int, chunk_tiles: int | None):
     """``(CHUNK, NUM_CHUNKS)``: split the spatial axis until the reduction has enough programs."""
     s_tiles = triton.cdiv(S, block_s)
     if chunk_tiles is None:
         programs = N * triton.cdiv(C, block_c)
-        chunks = max(1, min(s_tiles, triton.cdiv(PROGRAMS_PER_SM * _num_sms(device), programs)))
+        chunks = max(1, min(s_tiles, triton.cdiv(PROGRAMS_PER_SM * num_sms, programs)))
         chunk_tiles = triton.cdiv(s_tiles, chunks)
     chunk = chunk_tiles * block_s
     return chunk, triton.cdiv(S, chunk)
@@ -585,6 +592,7 @@ def plan_forward(
     path: str | None = None,
     tile: int = TILE,
     chunk_tiles: int | None = None,
+    num_sms: int | None = None,
 ):
     """``((y, mean, rstd), launches)``: the outputs (allocated, not yet written) and the kernel
     launches that compute them. See :func:`forward`."""
@@ -614,7 +622,7 @@ def plan_forward(
         )]
     block_c, block_s = _split_tile(C, S, channels_last, tile)
     num_cb = triton.cdiv(C, block_c)
-    chunk, num_chunks = _chunking(N, C, S, block_c, block_s, x.device, chunk_tiles)
+    chunk, num_chunks = _chunking(N, C, S, block_c, block_s, num_sms or _num_sms(x.device), chunk_tiles)
     pmean = torch.empty((N, C, num_chunks), dtype=torch.float32, device=x.device)
     pm2 = torch.empty_like(pmean)
     warps = _warps(block_c * block_s)
@@ -660,6 +668,7 @@ def plan_backward(
     path: str | None = None,
     tile: int = TILE,
     chunk_tiles: int | None = None,
+    num_sms: int | None = None,
 ):
     """``((dx, dweight, dbias), launches)``; see :func:`backward`."""
     N, C = x.shape[0], x.shape[1]
@@ -697,7 +706,7 @@ def plan_backward(
     else:
         block_c, block_s = _split_tile(C, S, channels_last, tile)
         num_cb = triton.cdiv(C, block_c)
-        chunk, num_chunks = _chunking(N, C, S, block_c, block_s, x.device, chunk_tiles)
+        chunk, num_chunks = _chunking(N, C, S, block_c, block_s, num_sms or _num_sms(x.device), chunk_tiles)
         pa = torch.empty((N, C, num_chunks), dtype=torch.float32, device=x.device)
         pb = torch.empty_like(pa)
         c1 = torch.empty((N, G), dtype=torch.float32, device=x.device)
@@ -745,15 +754,18 @@ _TRITON_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "
 
 #: (shape, num_groups, layouts, dtypes, aligned, backward) the gate plans launches for.
 #: ``aligned``: 128-bit loads are required of the streaming kernels for 16-bit dtypes. The
-#: default set reaches every kernel, both layouts, the largest tile of each kernel, fp16, bf16 and
-#: fp32, and a 1x1 input with groups of three channels (about 20 configurations); ``full=True``
-#: plans every VQGAN shape in every dtype and layout (about 65, two minutes on two cores).
+#: default set (25 configurations) reaches every kernel, both layouts, the largest tile of each
+#: kernel, fp16, bf16 and fp32, a 1x1 input with groups of three channels, and the arguments the
+#: JIT turns into constants when they equal 1 (C/G, S); ``full=True`` plans every VQGAN shape in
+#: every dtype and layout (about 110 configurations, several minutes on two cores).
 _GATE_PROBLEMS = [
     ((1, 128, 256, 256), 32, ("nchw", "channels_last"), (torch.float16,), True, True),  # split
     ((8, 512, 32, 32), 32, ("nchw",), (torch.float16,), True, False),  # fused forward, 16 warps
     ((8, 512, 16, 16), 32, ("channels_last",), (torch.bfloat16,), True, True),  # fused
-    ((8, 512, 16, 16), 32, ("nchw",), (torch.float32,), True, True),
     ((4, 96, 1, 1), 32, ("nchw",), (torch.float16,), False, True),
+    # G == C on the split path, and N = C/G = S = 1: arguments equal to 1 become constants
+    ((1, 32, 256, 256), 32, ("nchw",), (torch.bfloat16,), True, True),
+    ((1, 8), 8, ("nchw",), (torch.float32,), False, True),
 ]
 _VQGAN_SHAPES = [(1, 128, 256, 256), (1, 256, 128, 128), (1, 512, 64, 64), (8, 512, 32, 32), (8, 512, 16, 16)]
 _GATE_PROBLEMS_FULL = _GATE_PROBLEMS + [
@@ -788,24 +800,28 @@ def _gate_config(launch: Launch, aligned_shape: bool) -> _GateConfig:
     """What the JIT would compile for ``launch``: pointer types, ints marked 16-divisible where
     their value is (as the runtime specialises them), the launch's constexprs and warps."""
     fn = launch.kernel
-    signature, aligned = {}, []
+    signature, aligned, constexprs = {}, [], dict(launch.constexprs)
     for name, value in zip(fn.arg_names, launch.args):
         if isinstance(value, torch.Tensor):
             signature[name] = "*" + _TRITON_TYPES[value.dtype]
             aligned.append(name)  # fresh allocations and parameters: 16-byte aligned
         elif isinstance(value, bool) or not isinstance(value, int):
             signature[name] = "fp32"
+        elif value == 1:
+            signature[name] = "constexpr"  # the JIT turns integer arguments equal to 1 into constants
+            constexprs[name] = 1
         else:
             signature[name] = "i32" if -(2**31) <= value < 2**31 else "i64"
-            if value % 16 == 0 and value != 0:
+            if value % 16 == 0:
                 aligned.append(name)
     for name in launch.constexprs:
         signature[name] = "constexpr"
     flags = ",".join(f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in launch.constexprs.items())
+    ones = [name for name in constexprs if name not in launch.constexprs]
     data_type = signature[fn.arg_names[0]][1:]  # x (or the partials) names the configuration
     return _GateConfig(
-        name=f"{fn.__name__}[{data_type},{flags},w{launch.num_warps}]",
-        kernel=fn, signature=signature, constexprs=dict(launch.constexprs), aligned=tuple(aligned),
+        name=f"{fn.__name__}[{data_type},{flags},w{launch.num_warps}]" + (f"({'='.join(ones)}=1)" if ones else ""),
+        kernel=fn, signature=signature, constexprs=constexprs, aligned=tuple(aligned),
         num_warps=launch.num_warps, num_stages=launch.num_stages,
         wide_loads=aligned_shape and fn.__name__ in _STREAMING and data_type != "fp32",
     )
@@ -823,13 +839,16 @@ def gate_configs(full: bool = False) -> list:
                 fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
                 x = torch.empty(shape, dtype=dtype, device="meta", memory_format=fmt)
                 w = torch.empty(shape[1], dtype=dtype, device="meta")
-                (_, mean, rstd), launches = plan_forward(x, groups, w, w, 1e-6, True)
+                sms = 132  # plan as for an H100
+                (_, mean, rstd), launches = plan_forward(x, groups, w, w, 1e-6, True, num_sms=sms)
                 if with_backward:
-                    launches += plan_backward(torch.empty_like(x), x, mean, rstd, w, w, groups, True)[1]
+                    dy = torch.empty_like(x)
+                    launches += plan_backward(dy, x, mean, rstd, w, w, groups, True, num_sms=sms)[1]
                 for launch in launches:
                     cfg = _gate_config(launch, aligned_shape)
                     streaming = launch.kernel.__name__ in _STREAMING
-                    key = cfg.name if full or streaming else launch.kernel.__name__
+                    ones = cfg.name.partition("(")[2]  # arguments specialised to 1
+                    key = cfg.name if full or streaming else launch.kernel.__name__ + ones
                     if key not in seen:  # the name holds everything but the weight's dtype
                         seen.add(key)
                         configs.append(cfg)
