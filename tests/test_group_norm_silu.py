@@ -57,7 +57,7 @@ def make_input(shape, dtype, layout, device, mean=0.0, std=1.0):
         return full.to(dtype)[..., ::2]
     x = (torch.randn(shape, device=device) * std + mean).to(dtype)
     if layout == "channels_last":
-        x = x.to(memory_format=torch.channels_last)
+        x = x.to(memory_format=torch.channels_last_3d if x.dim() == 5 else torch.channels_last)
     return x
 
 
@@ -101,7 +101,7 @@ def check_forward_and_backward(x, num_groups, weight, bias, activation, dtype):
 
 
 # (shape, num_groups, dtype, layout, affine, activation): G in {1, 8, 32, C}, every dtype and
-# layout, 1x1 and odd spatial sizes, groups from 4 to 6400 elements.
+# layout, 1x1 and odd spatial sizes, 2-D to 5-D inputs, groups from 4 to 6400 elements.
 CASES = [
     ((1, 32, 1, 1), 8, torch.float32, "nchw", True, "silu"),
     ((2, 32, 5, 7), 8, torch.float16, "channels_last", True, "silu"),
@@ -110,6 +110,8 @@ CASES = [
     ((1, 64, 6, 6), 32, torch.float16, "nchw", True, "silu"),
     ((1, 8, 40, 40), 2, torch.bfloat16, "channels_last", True, "silu"),
     ((2, 12, 9), 3, torch.float32, "nchw", False, None),
+    ((3, 32), 2, torch.float32, "nchw", True, "silu"),
+    ((1, 8, 3, 4, 5), 4, torch.float16, "channels_last", True, "silu"),
 ]
 
 

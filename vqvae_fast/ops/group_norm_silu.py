@@ -1,10 +1,13 @@
-"""``group_norm_silu``: group norm followed by SiLU (or by nothing), one pass over memory.
+"""``group_norm_silu``: group norm followed by SiLU (or by nothing), fused.
 
-Backends: ``triton`` (CUDA; the kernels of ``vqvae_fast.kernels.group_norm_silu``), ``cpu`` (native
-group norm then in-place SiLU, with an explicit backward) and ``reference``. The fast backends run
-behind the custom op ``torch.ops.vqvae_fast.group_norm_silu`` (with
-``vqvae_fast::group_norm_silu_backward`` as its gradient), so ``torch.compile(fullgraph=True)``
-traces through them without a graph break.
+Backends: ``triton`` (CUDA; the kernels of ``vqvae_fast.kernels.group_norm_silu``: one read and
+one write of ``x`` where a group fits in registers, otherwise two reads and one write spread over
+the whole GPU), ``cpu`` (native group norm then in-place SiLU, with an explicit backward) and
+``reference``. The fast backends run behind the custom op ``torch.ops.vqvae_fast.group_norm_silu``
+(returning ``y`` and the fp32 per-group ``mean, rstd``; its gradient is the custom op
+``vqvae_fast::group_norm_silu_backward``), so ``torch.compile(fullgraph=True)`` traces through
+them without a graph break. On CPU tensors the op runs the cpu backend unless the triton backend
+is forced (then the kernels run in Triton's interpreter, ``TRITON_INTERPRET=1``).
 """
 
 from __future__ import annotations
