@@ -771,12 +771,14 @@ _GATE_PROBLEMS = [
     # G == C on the split path, and N = C/G = S = 1: arguments equal to 1 become constants
     ((1, 32, 256, 256), 32, ("nchw",), (torch.float16,), True, True),
     ((1, 8), 8, ("nchw",), (torch.float32,), False, True),
+    # 2^32 elements per sample (planned on meta tensors): 64-bit strides
+    ((2, 64, 8192, 8192), 32, ("nchw",), (torch.float16,), True, True),
 ]
 _VQGAN_SHAPES = [(1, 128, 256, 256), (1, 256, 128, 128), (1, 512, 64, 64), (8, 512, 32, 32), (8, 512, 16, 16)]
 _GATE_PROBLEMS_FULL = _GATE_PROBLEMS + [
     (shape, 32, ("nchw", "channels_last"), (torch.float16, torch.bfloat16, torch.float32), True, True)
     for shape in _VQGAN_SHAPES
-]
+] + [((2, 64, 8192, 8192), 32, ("channels_last",), (torch.float16,), True, True)]
 
 
 @dataclass
@@ -824,8 +826,10 @@ def _gate_config(launch: Launch, aligned_shape: bool) -> _GateConfig:
     flags = ",".join(f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in launch.constexprs.items())
     ones = [name for name in constexprs if name not in launch.constexprs]
     data_type = signature[fn.arg_names[0]][1:]  # x (or the partials) names the configuration
+    wide = ",i64" if "i64" in signature.values() else ""
     return _GateConfig(
-        name=f"{fn.__name__}[{data_type},{flags},w{launch.num_warps}]" + (f"({'='.join(ones)}=1)" if ones else ""),
+        name=f"{fn.__name__}[{data_type},{flags},w{launch.num_warps}{wide}]"
+        + (f"({'='.join(ones)}=1)" if ones else ""),
         kernel=fn, signature=signature, constexprs=constexprs, aligned=tuple(aligned),
         num_warps=launch.num_warps, num_stages=launch.num_stages,
         wide_loads=aligned_shape and fn.__name__ in _STREAMING and data_type != "fp32",
