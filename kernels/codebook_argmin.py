@@ -37,7 +37,7 @@ The launcher (``codebook_argmin``) chooses tile sizes and the split from the sha
 from __future__ import annotations
 
 import functools
-import math
+import os
 
 import torch
 import triton
@@ -75,17 +75,16 @@ def _row_offsets(rows, block_start, HW, W, stride_zb, stride_zh, stride_zw,
         # The block lies inside one batch item: scalar batch index, consecutive positions, so
         # the compiler sees contiguous addresses when the position stride is 1 (NCHW).
         b = block_start // HW
-        hw = (block_start - b * HW) + tl.arange(0, BLOCK_N)
-        base = b.to(tl.int64) * stride_zb
+        hw = ((block_start - b * HW) + tl.arange(0, BLOCK_N)).to(tl.int64)
     else:
         b = rows // HW
-        hw = rows - b * HW
-        base = b.to(tl.int64) * stride_zb
+        hw = (rows - b * HW).to(tl.int64)
+    base = b.to(tl.int64) * stride_zb
     if MERGED_HW:  # stride_zh == W * stride_zw: (h, w) is one axis
-        return base + hw.to(tl.int64) * stride_zw
+        return base + hw * stride_zw
     h = hw // W
     w = hw - h * W
-    return base + h.to(tl.int64) * stride_zh + w.to(tl.int64) * stride_zw
+    return base + h * stride_zh + w * stride_zw
 
 
 # ----------------------------------------------------------------------------------------------
@@ -136,7 +135,7 @@ def _codebook_argmin_kernel(
     rows = block_start + tl.arange(0, BLOCK_N)
     row_mask = rows < N
     row_off = _row_offsets(rows, block_start, HW, W, stride_zb, stride_zh, stride_zw,
-                           BLOCK_N, BLOCK_IN_BATCH, MERGED_HW)
+                           BLOCK_N, BLOCK_IN_BATCH, MERGED_HW)  # int64
     dims = tl.arange(0, BLOCK_D)
     tile_begin = split * tiles_per_split
     tile_end = tl.minimum(tile_begin + tiles_per_split, tl.cdiv(K, BLOCK_K))
@@ -253,11 +252,13 @@ def _finalize_kernel(
 # ----------------------------------------------------------------------------------------------
 # Launcher
 
-#: (BLOCK_N, BLOCK_K, BLOCK_D, num_warps, num_stages) of the main kernel per dot kind.
+#: (BLOCK_N, BLOCK_K, BLOCK_D, num_warps, num_stages) of the main kernel per dot kind, for
+#: 16-aligned addressing (vector loads) and for any other (one address register per element:
+#: smaller tiles, or the registers spill).
 MAIN_CONFIGS = {
-    "ieee": (64, 64, 16, 4, 2),
-    "tf32": (128, 128, 32, 8, 3),
-    "native": (128, 128, 64, 8, 3),
+    "ieee": {"aligned": (128, 128, 16, 8, 2), "general": (128, 64, 16, 8, 1)},
+    "tf32": {"aligned": (128, 128, 32, 8, 3), "general": (128, 64, 16, 8, 3)},
+    "native": {"aligned": (128, 128, 64, 8, 3), "general": (128, 64, 32, 8, 3)},
 }
 AUX_BLOCK_N, AUX_BLOCK_D = 64, 32  # finalize kernel
 
@@ -269,6 +270,10 @@ def dot_kind(z_dtype: torch.dtype, e_dtype: torch.dtype, D: int, precision: str)
     if precision == "fast" and D >= 16:  # below 16 the (padded) dot is cheap: stay exact
         return "tf32"
     return "ieee"
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").strip() not in ("", "0")
 
 
 @functools.lru_cache(maxsize=None)
@@ -304,6 +309,19 @@ def latent_layout(z: torch.Tensor) -> dict:
     merged = H == 1 or z.stride(2) == W * z.stride(3)
     return dict(B=B, HW=H * W, W=max(W, 1), stride_zb=z.stride(0), stride_zh=z.stride(2),
                 stride_zw=z.stride(3), stride_zd=z.stride(1), merged=merged, out_shape=(B, H, W))
+
+
+def _aligned_addressing(z: torch.Tensor, codebook: torch.Tensor, layout: dict, N: int) -> bool:
+    """Whether Triton will see every pointer 16-byte aligned and every index integer divisible by
+    16 (or equal to 1): the case the "aligned" configurations are compiled and gated for."""
+    ints = [N, codebook.shape[0], layout["stride_zb"], layout["stride_zw"], layout["stride_zd"],
+            codebook.stride(0), codebook.stride(1)]
+    if layout["B"] > 1:
+        ints.append(layout["HW"])
+    if not layout["merged"]:
+        ints += [layout["W"], layout["stride_zh"]]
+    pointers_aligned = z.data_ptr() % 16 == 0 and codebook.data_ptr() % 16 == 0
+    return pointers_aligned and all(v % 16 == 0 or v == 1 for v in ints)
 
 
 def _block_in_batch(layout: dict, block_n: int) -> bool:
@@ -345,14 +363,20 @@ def codebook_argmin(
     second = torch.full((N,), EMPTY_SLOT, dtype=torch.int64, device=device) if rerank else best
     strides = (layout["stride_zb"], layout["stride_zh"], layout["stride_zw"], layout["stride_zd"])
 
-    block_n, block_k, block_d, warps, stages = MAIN_CONFIGS[kind]
+    addressing = "aligned" if _aligned_addressing(z, codebook, layout, N) else "general"
+    block_n, block_k, block_d, warps, stages = MAIN_CONFIGS[kind][addressing]
+    dot = kind
+    if kind == "native" and codebook.dtype == torch.bfloat16 and _interpreting():
+        # Triton's CPU interpreter multiplies bf16 bit patterns wrongly in tl.dot; the fp32 dot
+        # of the upcast values is the same exact-product computation.
+        dot = "ieee"
     row_blocks = triton.cdiv(N, block_n)
     splits, tiles_per_split = choose_splits(row_blocks, triton.cdiv(K, block_k), device, num_splits)
     _codebook_argmin_kernel[(row_blocks * splits,)](
         z, codebook, enorm, best, second,
         N, K, D, layout["HW"], layout["W"], *strides, codebook.stride(0), codebook.stride(1),
         splits, tiles_per_split,
-        BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d, DOT=kind, EVEN_D=D % block_d == 0,
+        BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d, DOT=dot, EVEN_D=D % block_d == 0,
         TRACK_SECOND=rerank, BLOCK_IN_BATCH=_block_in_batch(layout, block_n), MERGED_HW=layout["merged"],
         num_warps=warps, num_stages=stages,
     )
@@ -381,9 +405,13 @@ def _gate_config_class():
 _TRITON_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
-def _main_gate_config(GateConfig, name, kind, dtype, layout, *, D=256):
-    """The main kernel as the launcher compiles it for ``layout`` ("nchw" or "rows")."""
-    block_n, block_k, block_d, warps, stages = MAIN_CONFIGS[kind]
+def _main_gate_config(GateConfig, name, kind, dtype, layout, *, D=256, general=False):
+    """The main kernel as the launcher compiles it for ``layout`` ("nchw" or "rows").
+
+    ``general``: the slowest addressing (row blocks crossing batch items, unmergeable (h, w),
+    nothing 16-divisible), the register-heaviest variant of a kind.
+    """
+    block_n, block_k, block_d, warps, stages = MAIN_CONFIGS[kind]["general" if general else "aligned"]
     t = _TRITON_DTYPES[dtype]
     signature = {
         "z_ptr": f"*{t}", "e_ptr": f"*{t}", "enorm_ptr": "*fp32", "best_ptr": "*i64", "second_ptr": "*i64",
@@ -393,7 +421,8 @@ def _main_gate_config(GateConfig, name, kind, dtype, layout, *, D=256):
     }
     constexprs = dict(
         stride_ed=1, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d, DOT=kind,
-        EVEN_D=D % block_d == 0, TRACK_SECOND=kind == "tf32", BLOCK_IN_BATCH=True, MERGED_HW=True,
+        EVEN_D=D % block_d == 0, TRACK_SECOND=kind == "tf32", BLOCK_IN_BATCH=not general,
+        MERGED_HW=not general,
     )
     # the runtime specialises the stride that equals 1: positions (NCHW) or channels (rows)
     unit_stride = "stride_zw" if layout == "nchw" else "stride_zd"
@@ -406,6 +435,8 @@ def _main_gate_config(GateConfig, name, kind, dtype, layout, *, D=256):
     aligned = tuple(a for a in aligned if a not in constexprs)
     if layout == "rows":  # (N, D) rows: the batch and height strides do not exist
         aligned = tuple(a for a in aligned if a != "stride_zh")
+    if general:
+        aligned = tuple(a for a in aligned if a.endswith("_ptr"))
     return GateConfig(
         name=name, kernel=_codebook_argmin_kernel, signature=signature, constexprs=constexprs,
         aligned=aligned, num_warps=warps, num_stages=stages, tensor_cores=kind != "ieee",
@@ -420,6 +451,12 @@ def gate_configs() -> list:
         _main_gate_config(GateConfig, "ieee fp32 rows", "ieee", f32, "rows"),
         _main_gate_config(GateConfig, "ieee fp32 nchw", "ieee", f32, "nchw"),
         _main_gate_config(GateConfig, "ieee fp32 nchw D=4", "ieee", f32, "nchw", D=4),
+        _main_gate_config(GateConfig, "ieee fp32 rows general", "ieee", f32, "rows", D=40, general=True),
+        _main_gate_config(GateConfig, "ieee fp32 nchw general", "ieee", f32, "nchw", D=3, general=True),
+        _main_gate_config(GateConfig, "fast tf32 rows general", "tf32", f32, "rows", D=40, general=True),
+        _main_gate_config(GateConfig, "fast tf32 nchw general", "tf32", f32, "nchw", D=40, general=True),
+        _main_gate_config(GateConfig, "fp16 rows general", "native", f16, "rows", D=40, general=True),
+        _main_gate_config(GateConfig, "bf16 nchw general", "native", bf16, "nchw", D=3, general=True),
         _main_gate_config(GateConfig, "fast tf32 rows", "tf32", f32, "rows"),
         _main_gate_config(GateConfig, "fast tf32 nchw", "tf32", f32, "nchw"),
         _main_gate_config(GateConfig, "fast tf32 nchw D=24", "tf32", f32, "nchw", D=24),
