@@ -253,8 +253,9 @@ def _finalize_kernel(
 # Launcher
 
 #: (BLOCK_N, BLOCK_K, BLOCK_D, num_warps, num_stages) of the main kernel per dot kind, for
-#: 16-aligned addressing (vector loads) and for any other (one address register per element:
-#: smaller tiles, or the registers spill).
+#: "aligned" addressing (16-divisible strides and sizes, row blocks inside one batch item, (h, w)
+#: merged: vector loads) and for any other (per-element addresses: smaller tiles, or the
+#: registers spill).
 MAIN_CONFIGS = {
     "ieee": {"aligned": (128, 128, 16, 8, 2), "general": (128, 64, 16, 8, 1)},
     "tf32": {"aligned": (128, 128, 32, 8, 3), "general": (128, 64, 16, 8, 3)},
@@ -363,8 +364,10 @@ def codebook_argmin(
     second = torch.full((N,), EMPTY_SLOT, dtype=torch.int64, device=device) if rerank else best
     strides = (layout["stride_zb"], layout["stride_zh"], layout["stride_zw"], layout["stride_zd"])
 
-    addressing = "aligned" if _aligned_addressing(z, codebook, layout, N) else "general"
-    block_n, block_k, block_d, warps, stages = MAIN_CONFIGS[kind][addressing]
+    block_n, block_k, block_d, warps, stages = MAIN_CONFIGS[kind]["aligned"]
+    if not (_aligned_addressing(z, codebook, layout, N) and layout["merged"]
+            and _block_in_batch(layout, block_n)):
+        block_n, block_k, block_d, warps, stages = MAIN_CONFIGS[kind]["general"]
     dot = kind
     if kind == "native" and codebook.dtype == torch.bfloat16 and _interpreting():
         # Triton's CPU interpreter multiplies bf16 bit patterns wrongly in tl.dot; the fp32 dot
@@ -405,13 +408,13 @@ def _gate_config_class():
 _TRITON_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
-def _main_gate_config(GateConfig, name, kind, dtype, layout, *, D=256, general=False):
+def _main_gate_config(GateConfig, name, kind, dtype, layout, *, D=256, general=False, crossing=False):
     """The main kernel as the launcher compiles it for ``layout`` ("nchw" or "rows").
 
-    ``general``: the slowest addressing (row blocks crossing batch items, unmergeable (h, w),
-    nothing 16-divisible), the register-heaviest variant of a kind.
+    ``crossing``: row blocks cross batch items and (h, w) do not merge (per-row index math).
+    ``general``: that, with nothing 16-divisible: the register-heaviest variant of a kind.
     """
-    block_n, block_k, block_d, warps, stages = MAIN_CONFIGS[kind]["general" if general else "aligned"]
+    block_n, block_k, block_d, warps, stages = MAIN_CONFIGS[kind]["general" if general or crossing else "aligned"]
     t = _TRITON_DTYPES[dtype]
     signature = {
         "z_ptr": f"*{t}", "e_ptr": f"*{t}", "enorm_ptr": "*fp32", "best_ptr": "*i64", "second_ptr": "*i64",
@@ -421,8 +424,8 @@ def _main_gate_config(GateConfig, name, kind, dtype, layout, *, D=256, general=F
     }
     constexprs = dict(
         stride_ed=1, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d, DOT=kind,
-        EVEN_D=D % block_d == 0, TRACK_SECOND=kind == "tf32", BLOCK_IN_BATCH=not general,
-        MERGED_HW=not general,
+        EVEN_D=D % block_d == 0, TRACK_SECOND=kind == "tf32", BLOCK_IN_BATCH=not (general or crossing),
+        MERGED_HW=not (general or crossing),
     )
     # the runtime specialises the stride that equals 1: positions (NCHW) or channels (rows)
     unit_stride = "stride_zw" if layout == "nchw" else "stride_zd"
@@ -447,23 +450,28 @@ def gate_configs() -> list:
     """Every kernel configuration the launcher can choose (main kernel per dot kind and layout)."""
     GateConfig = _gate_config_class()
     f32, f16, bf16 = torch.float32, torch.float16, torch.bfloat16
-    configs = [
-        _main_gate_config(GateConfig, "ieee fp32 rows", "ieee", f32, "rows"),
-        _main_gate_config(GateConfig, "ieee fp32 nchw", "ieee", f32, "nchw"),
-        _main_gate_config(GateConfig, "ieee fp32 nchw D=4", "ieee", f32, "nchw", D=4),
-        _main_gate_config(GateConfig, "ieee fp32 rows general", "ieee", f32, "rows", D=40, general=True),
-        _main_gate_config(GateConfig, "ieee fp32 nchw general", "ieee", f32, "nchw", D=3, general=True),
-        _main_gate_config(GateConfig, "fast tf32 rows general", "tf32", f32, "rows", D=40, general=True),
-        _main_gate_config(GateConfig, "fast tf32 nchw general", "tf32", f32, "nchw", D=40, general=True),
-        _main_gate_config(GateConfig, "fp16 rows general", "native", f16, "rows", D=40, general=True),
-        _main_gate_config(GateConfig, "bf16 nchw general", "native", bf16, "nchw", D=3, general=True),
-        _main_gate_config(GateConfig, "fast tf32 rows", "tf32", f32, "rows"),
-        _main_gate_config(GateConfig, "fast tf32 nchw", "tf32", f32, "nchw"),
-        _main_gate_config(GateConfig, "fast tf32 nchw D=24", "tf32", f32, "nchw", D=24),
-        _main_gate_config(GateConfig, "bf16 rows", "native", bf16, "rows"),
-        _main_gate_config(GateConfig, "fp16 nchw", "native", f16, "nchw"),
-        _main_gate_config(GateConfig, "bf16 nchw D=8", "native", bf16, "nchw", D=8),
+    main = [  # (name, kind, dtype, layout, options)
+        ("ieee fp32 rows", "ieee", f32, "rows", {}),
+        ("ieee fp32 nchw", "ieee", f32, "nchw", {}),
+        ("ieee fp32 nchw D=4", "ieee", f32, "nchw", dict(D=4)),
+        ("ieee fp32 nchw D=4 crossing", "ieee", f32, "nchw", dict(D=4, crossing=True)),
+        ("ieee fp32 rows general", "ieee", f32, "rows", dict(D=40, general=True)),
+        ("ieee fp32 nchw general", "ieee", f32, "nchw", dict(D=3, general=True)),
+        ("fast tf32 rows", "tf32", f32, "rows", {}),
+        ("fast tf32 nchw", "tf32", f32, "nchw", {}),
+        ("fast tf32 nchw D=24", "tf32", f32, "nchw", dict(D=24)),
+        ("fast tf32 nchw D=24 crossing", "tf32", f32, "nchw", dict(D=24, crossing=True)),
+        ("fast tf32 rows general", "tf32", f32, "rows", dict(D=40, general=True)),
+        ("fast tf32 nchw general", "tf32", f32, "nchw", dict(D=40, general=True)),
+        ("bf16 rows", "native", bf16, "rows", {}),
+        ("fp16 nchw", "native", f16, "nchw", {}),
+        ("bf16 nchw D=8", "native", bf16, "nchw", dict(D=8)),
+        ("bf16 nchw D=8 crossing", "native", bf16, "nchw", dict(D=8, crossing=True)),
+        ("fp16 rows general", "native", f16, "rows", dict(D=40, general=True)),
+        ("bf16 nchw general", "native", bf16, "nchw", dict(D=3, general=True)),
     ]
+    configs = [_main_gate_config(GateConfig, name, kind, dtype, layout, **options)
+               for name, kind, dtype, layout, options in main]
     strides = ("stride_zb", "stride_zh", "stride_zw", "stride_zd")
     configs.append(GateConfig(
         name="code norms", kernel=_code_norms_kernel,
