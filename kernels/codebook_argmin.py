@@ -61,13 +61,6 @@ def _order_key(x):
 
 
 @triton.jit
-def _key_value(key):
-    """Inverse of ``_order_key``."""
-    bits = key ^ ((key >> 31) & 0x7FFFFFFF)
-    return bits.to(tl.float32, bitcast=True)
-
-
-@triton.jit
 def _row_offsets(rows, block_start, HW, W, stride_zb, stride_zh, stride_zw,
                  BLOCK_N: tl.constexpr, BLOCK_IN_BATCH: tl.constexpr, MERGED_HW: tl.constexpr):
     """int64 offset of row ``n = b * HW + h * W + w`` of z; rows ``(B, H, W)`` flattened."""
