@@ -337,6 +337,13 @@ def codebook_argmin(
     Memory: the int64 result, an fp32 ``(K,)`` of code norms, and with ``"fast"`` an int64
     ``(N,)`` runner-up slot; nothing proportional to ``N * K``.
     """
+    if z.device.type == "cuda":
+        with torch.cuda.device(z.device):  # Triton launches on the current device
+            return _launch(z, codebook, precision, return_distance, num_splits)
+    return _launch(z, codebook, precision, return_distance, num_splits)
+
+
+def _launch(z, codebook, precision, return_distance, num_splits):
     layout = latent_layout(z)
     N = layout["B"] * layout["HW"]
     K, D = codebook.shape

@@ -193,8 +193,8 @@ def codebook_argmin(
               best two candidates, which are re-ranked by their fp32 distance. The indices equal
               the ``"ieee"`` ones except at near-ties: where two codes are within fp32 rounding,
               or where two or more other codes lie within the TF32 error
-              (``~2^-10 * sum_d |z_d e_d|``) of the best. fp16/bf16 inputs and ``D < 16`` run
-              the ``"ieee"`` computation.
+              (``~2^-10 * sum_d |z_d e_d|``) of the best. When ``z`` and the codebook are both
+              fp16 or both bf16, or ``D < 16``, it runs the ``"ieee"`` computation.
 
             On CPU both compute in fp32 (fp64 for fp64 inputs) with BLAS, in blocks of rows.
         return_distance: also return ``min_k ||z_n - e_k||^2``, computed for the chosen code as
