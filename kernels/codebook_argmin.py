@@ -344,6 +344,8 @@ def codebook_argmin(
 
 
 def _launch(z, codebook, precision, return_distance, num_splits):
+    if codebook.stride(1) != 1:  # O(K * D) copy so that codes are contiguous rows, as compiled
+        codebook = codebook.contiguous()
     layout = latent_layout(z)
     N = layout["B"] * layout["HW"]
     K, D = codebook.shape
@@ -409,7 +411,7 @@ _TRITON_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: 
 
 
 def _main_gate_config(GateConfig, name, kind, dtype, layout, *, D=256, general=False, crossing=False):
-    """The main kernel as the launcher compiles it for ``layout`` ("nchw" or "rows").
+    """The main kernel as the launcher compiles it for ``layout`` ("nchw", "rows" or "strided").
 
     ``crossing``: row blocks cross batch items and (h, w) do not merge (per-row index math).
     ``general``: that, with nothing 16-divisible: the register-heaviest variant of a kind.
@@ -427,10 +429,12 @@ def _main_gate_config(GateConfig, name, kind, dtype, layout, *, D=256, general=F
         EVEN_D=D % block_d == 0, TRACK_SECOND=kind == "tf32", BLOCK_IN_BATCH=not (general or crossing),
         MERGED_HW=not (general or crossing),
     )
-    # the runtime specialises the stride that equals 1: positions (NCHW) or channels (rows)
-    unit_stride = "stride_zw" if layout == "nchw" else "stride_zd"
-    signature[unit_stride] = "constexpr"
-    constexprs[unit_stride] = 1
+    # the runtime specialises the stride that equals 1: positions (NCHW) or channels (rows);
+    # "strided" latents have neither
+    if layout != "strided":
+        unit_stride = "stride_zw" if layout == "nchw" else "stride_zd"
+        signature[unit_stride] = "constexpr"
+        constexprs[unit_stride] = 1
     aligned = ["z_ptr", "e_ptr", "enorm_ptr", "best_ptr", "second_ptr", "N", "K", "HW", "W",
                "stride_zb", "stride_zh", "stride_zw", "stride_zd", "stride_ek"]
     if D % 16 == 0:
@@ -456,19 +460,19 @@ def gate_configs() -> list:
         ("ieee fp32 nchw D=4", "ieee", f32, "nchw", dict(D=4)),
         ("ieee fp32 nchw D=4 crossing", "ieee", f32, "nchw", dict(D=4, crossing=True)),
         ("ieee fp32 rows general", "ieee", f32, "rows", dict(D=40, general=True)),
-        ("ieee fp32 nchw general", "ieee", f32, "nchw", dict(D=3, general=True)),
+        ("ieee fp32 strided general", "ieee", f32, "strided", dict(D=3, general=True)),
         ("fast tf32 rows", "tf32", f32, "rows", {}),
         ("fast tf32 nchw", "tf32", f32, "nchw", {}),
         ("fast tf32 nchw D=24", "tf32", f32, "nchw", dict(D=24)),
         ("fast tf32 nchw D=24 crossing", "tf32", f32, "nchw", dict(D=24, crossing=True)),
         ("fast tf32 rows general", "tf32", f32, "rows", dict(D=40, general=True)),
-        ("fast tf32 nchw general", "tf32", f32, "nchw", dict(D=40, general=True)),
+        ("fast tf32 strided general", "tf32", f32, "strided", dict(D=40, general=True)),
         ("bf16 rows", "native", bf16, "rows", {}),
         ("fp16 nchw", "native", f16, "nchw", {}),
         ("bf16 nchw D=8", "native", bf16, "nchw", dict(D=8)),
         ("bf16 nchw D=8 crossing", "native", bf16, "nchw", dict(D=8, crossing=True)),
         ("fp16 rows general", "native", f16, "rows", dict(D=40, general=True)),
-        ("bf16 nchw general", "native", bf16, "nchw", dict(D=3, general=True)),
+        ("bf16 strided general", "native", bf16, "strided", dict(D=3, general=True)),
     ]
     configs = [_main_gate_config(GateConfig, name, kind, dtype, layout, **options)
                for name, kind, dtype, layout, options in main]

@@ -119,13 +119,17 @@ def test_launcher_picks_aligned_tiles_only_for_aligned_addressing():
     assert not aligned(z[:, :, :, 1:], torch.randn(256, 32))  # pointer offset by one element
 
 
-def test_unmergeable_strides_are_read_in_place(triton_device):
-    base = torch.randn(3, 16, 10, 14, device=triton_device)
-    z = base[:, :, :, 2:9]  # W = 7 inside rows of 14: (h, w) cannot merge into one stride
+@pytest.mark.parametrize("precision", ["ieee", "fast"])
+def test_unusual_strides(triton_device, precision):
+    base = torch.randn(3, 32, 10, 14, device=triton_device)
     codebook = torch.randn(40, 16, device=triton_device)
-    for precision in ("ieee", "fast"):
-        indices, distances = vqvae_fast.codebook_argmin(z, codebook, precision, return_distance=True)
-        assert_argmin_matches(z, codebook, indices, distances)
+    for z in (
+        base[:, :16, :, 2:9],  # W = 7 inside rows of 14: (h, w) cannot merge into one stride
+        base[:, ::2, :, ::3],  # no unit stride at all
+    ):
+        for e in (codebook, codebook.t().contiguous().t()):  # a column-major codebook is copied
+            indices, distances = vqvae_fast.codebook_argmin(z, e, precision, return_distance=True)
+            assert_argmin_matches(z, e, indices, distances)
 
 
 @pytest.mark.parametrize("z_dtype,e_dtype", [(torch.float32, torch.bfloat16), (torch.float16, torch.bfloat16)])
