@@ -181,7 +181,7 @@ def _combine_kernel(
         offs_c = c0 + tl.arange(0, BLOCK_C)
         mask = (offs_c[:, None] < C) & p_ok[None, :]
         acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
-        for s in range(0, SPLITS):
+        for s in range(0, SPLITS):  # s * stride_ps < 2^31: splitting needs B * N < 132 * BLOCK_M
             w = tl.math.exp2(tl.load(PartLse + (s * batch + pid_b) * N + offs_p, mask=p_ok, other=0.0) - lse2)
             part = tl.load(
                 Part + s * stride_ps + pid_b * stride_pb + offs_c[:, None] * stride_pc + offs_p[None, :] * stride_pn,
@@ -256,10 +256,11 @@ def device_facts(device: torch.device) -> tuple[int, int]:
 def choose_splits(programs: int, key_blocks: int, processors: int) -> int:
     """How many key ranges to split each query block's work into.
 
-    Split only when the ``programs`` query blocks leave multiprocessors idle, into the fewest
-    ranges that give at least 85% of a full wave, keeping at least two key blocks per range.
+    Split only when the ``programs`` query blocks fill less than 85% of one wave, into the
+    fewest ranges that reach 85%, keeping at least two key blocks per range (a split costs an
+    fp32 partial output and the combine pass).
     """
-    if programs >= processors or key_blocks < 4:
+    if programs >= 0.85 * processors or key_blocks < 4:
         return 1
     best = 1
     for splits in range(2, key_blocks // 2 + 1):

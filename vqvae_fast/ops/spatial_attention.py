@@ -211,7 +211,8 @@ def _implementation(t: torch.Tensor):
 def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``(out, lse)`` for ``(B, C, N)`` tensors; ``lse`` ``(B, N)`` is the natural log-sum-exp."""
     forward, _ = _implementation(q)
-    return forward(q, k, v, scale)
+    with torch.autocast(q.device.type, enabled=False):  # the inputs' dtype decides, not autocast
+        return forward(q, k, v, scale)
 
 
 @_attention_op.register_fake
@@ -226,7 +227,8 @@ def _attention_backward_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dq, dk, dv)`` given the output's gradient and the forward's ``out`` and ``lse``."""
     _, backward = _implementation(q)
-    return backward(grad_out, q, k, v, out, lse, scale)
+    with torch.autocast(q.device.type, enabled=False):
+        return backward(grad_out, q, k, v, out, lse, scale)
 
 
 @_attention_backward_op.register_fake
@@ -259,7 +261,10 @@ def _through_custom_op(q, k, v, scale):
     batch, channels = shape[0], shape[1]
     if scale is None:
         scale = channels**-0.5
-    q3, k3, v3 = (t.reshape(batch, channels, -1) for t in (q, k, v))  # (B, C, N), views if possible
+    n = 1
+    for size in shape[2:]:
+        n *= size
+    q3, k3, v3 = (t.reshape(batch, channels, n) for t in (q, k, v))  # (B, C, N), views if possible
     out, _ = torch.ops.vqvae_fast.spatial_attention(q3, k3, v3, float(scale))
     return out.reshape(shape)  # a view: (B, N, C) storage gives channels-last (B, C, H, W)
 
