@@ -12,12 +12,12 @@ fp16 inputs; the scale (times ``log2 e``, for ``exp2``) is applied to those fp32
 the exponent's multiply-add, which is where a pre-scaled ``q`` would put it, without rounding
 ``s q`` to the input dtype first.
 
-Head size 512: the ``(BLOCK_M, 512)`` fp32 accumulator is what limits the tile. It is held by
-two warpgroups (8 warps), each owning half of the head dimension of the ``P V`` product, at
-``BLOCK_M = 64`` (128 accumulator registers per thread); smaller heads use ``BLOCK_M = 128``.
-When ``B * ceil(N / BLOCK_M)`` programs cannot fill the GPU, the keys are split across
-programs too; each writes a partial result normalised by its own sum with its log-sum-exp, and
-:func:`_combine_kernel` merges them.
+Head size 512: a ``(BLOCK_M, 512)`` fp32 accumulator does not fit in registers at a useful
+``BLOCK_M``, so the output channels are split over programs (``BLOCK_CO = 256``): each program
+computes the full logits (all 512 channels of ``q . k``) and accumulates ``P V`` for its half of
+the channels, 128 accumulator registers per thread at ``BLOCK_M = 128`` over 8 warps. When the
+programs cannot fill the GPU, the keys are split across programs too; each writes a partial
+result normalised by its own sum with its log-sum-exp, and :func:`_combine_kernel` merges them.
 
 Saved for the backward pass: the natural-log log-sum-exp of every row, ``lse = log sum_j
 exp(s q_i . k_j)`` (fp32, ``(B, N)``). The backward kernels are in
@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.errors import OutOfResources
 
 LOG2E = math.log2(math.e)
 LN2 = math.log(2.0)
@@ -61,11 +62,14 @@ def _mm(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 @triton.jit
 def _attend_block(
-    acc, m_i, l_i, q, k_base, v_base, k_offs, v_offs, offs_c, offs_n, key0, N, C, qk_scale, stride_kn, stride_vn,
+    acc, m_i, l_i, q, k_base, v_base, k_offs, v_offs, offs_c, offs_co, offs_n, key0, N, C, qk_scale,
+    stride_kn, stride_vn,
     EVEN_C: tl.constexpr, MASK_KEYS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    """One step of the online softmax (log2 units): keys ``key0 + offs_n`` into ``acc, m, l``."""
+    """One step of the online softmax (log2 units): keys ``key0 + offs_n`` into ``m``, ``l`` and
+    the accumulator of output channels ``offs_co``."""
     c_ok = offs_c < C
+    co_ok = offs_co < C
     keys = key0 + offs_n
     if MASK_KEYS:
         k = tl.load(k_base + (k_offs + key0 * stride_kn), mask=c_ok[:, None] & (keys[None, :] < N), other=0.0)
@@ -82,11 +86,11 @@ def _attend_block(
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
     if MASK_KEYS:
-        v = tl.load(v_base + (v_offs + key0 * stride_vn), mask=(keys[:, None] < N) & c_ok[None, :], other=0.0)
+        v = tl.load(v_base + (v_offs + key0 * stride_vn), mask=(keys[:, None] < N) & co_ok[None, :], other=0.0)
     elif EVEN_C:
         v = tl.load(v_base + (v_offs + key0 * stride_vn))
     else:
-        v = tl.load(v_base + (v_offs + key0 * stride_vn), mask=c_ok[None, :], other=0.0)
+        v = tl.load(v_base + (v_offs + key0 * stride_vn), mask=co_ok[None, :], other=0.0)
     acc = _mm(p.to(v.dtype), v, acc, PRECISION, UPCAST)
     return acc, m_new, l_i
 
@@ -100,19 +104,25 @@ def _forward_kernel(
     stride_ob, stride_oc, stride_on,  # Out: (B, C, N), or the fp32 partials (SPLITS, B, C, N)
     stride_os,
     N, C, keys_per_split, qk_scale,
-    HEAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_CO: tl.constexpr,
     EVEN_C: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    """Grid ``(cdiv(N, BLOCK_M), B, SPLITS)``. Without ``SPLIT``: ``Out`` gets the attention
-    output and ``Lse`` (``(B, N)``) the natural log-sum-exp. With ``SPLIT``: ``Out`` is the fp32
-    partial output of key range ``pid_s`` (normalised by its own sum) and ``Lse``
-    (``(SPLITS, B, N)``) its log2-sum-exp, for :func:`_combine_kernel`."""
+    """Grid ``(cdiv(N, BLOCK_M), B * HEAD // BLOCK_CO, SPLITS)``: queries ``pid_m``, image ``b``,
+    output channels ``[co * BLOCK_CO, (co + 1) * BLOCK_CO)`` (the logits always use all ``C``),
+    key range ``pid_s``. Without ``SPLIT``: ``Out`` gets the attention output and ``Lse``
+    (``(B, N)``) the natural log-sum-exp. With ``SPLIT``: ``Out`` is the fp32 partial output of
+    key range ``pid_s`` (normalised by its own sum) and ``Lse`` (``(SPLITS, B, N)``) its
+    log2-sum-exp, for :func:`_combine_kernel`."""
+    CO_CHUNKS: tl.constexpr = HEAD // BLOCK_CO
     pid_m = tl.program_id(0)
-    pid_b = tl.program_id(1).to(tl.int64)
+    pid_b = (tl.program_id(1) // CO_CHUNKS).to(tl.int64)
+    pid_co = tl.program_id(1) % CO_CHUNKS
     pid_s = tl.program_id(2)
+    batch = tl.num_programs(1) // CO_CHUNKS
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_c = tl.arange(0, HEAD)
+    offs_co = pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)
     rows_ok = offs_m < N
     c_ok = offs_c < C
 
@@ -122,36 +132,38 @@ def _forward_kernel(
     k_base = K + pid_b * stride_kb
     v_base = V + pid_b * stride_vb
     k_offs = offs_c[:, None] * stride_kc + offs_n[None, :] * stride_kn  # (HEAD, BLOCK_N)
-    v_offs = offs_n[:, None] * stride_vn + offs_c[None, :] * stride_vc  # (BLOCK_N, HEAD)
+    v_offs = offs_n[:, None] * stride_vn + offs_co[None, :] * stride_vc  # (BLOCK_N, BLOCK_CO)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_CO], dtype=tl.float32)
 
     start = pid_s * keys_per_split
     stop = tl.minimum(start + keys_per_split, N)
     full_stop = start + ((stop - start) // BLOCK_N) * BLOCK_N  # keys_per_split is a BLOCK_N multiple
     for key0 in range(start, full_stop, BLOCK_N):
         acc, m_i, l_i = _attend_block(
-            acc, m_i, l_i, q, k_base, v_base, k_offs, v_offs, offs_c, offs_n, key0, N, C, qk_scale,
-            stride_kn, stride_vn, EVEN_C, False, PRECISION, UPCAST,
+            acc, m_i, l_i, q, k_base, v_base, k_offs, v_offs, offs_c, offs_co, offs_n, key0, N, C,
+            qk_scale, stride_kn, stride_vn, EVEN_C, False, PRECISION, UPCAST,
         )
     if full_stop < stop:  # the ragged last block of keys
         acc, m_i, l_i = _attend_block(
-            acc, m_i, l_i, q, k_base, v_base, k_offs, v_offs, offs_c, offs_n, full_stop, N, C, qk_scale,
-            stride_kn, stride_vn, EVEN_C, True, PRECISION, UPCAST,
+            acc, m_i, l_i, q, k_base, v_base, k_offs, v_offs, offs_c, offs_co, offs_n, full_stop, N, C,
+            qk_scale, stride_kn, stride_vn, EVEN_C, True, PRECISION, UPCAST,
         )
 
     out = acc / l_i[:, None]
     lse2 = m_i + tl.math.log2(l_i)
-    o_ptrs = Out + pid_b * stride_ob + offs_m[:, None] * stride_on + offs_c[None, :] * stride_oc
+    out_mask = rows_ok[:, None] & (offs_co[None, :] < C)
+    lse_mask = rows_ok & (pid_co == 0)  # every channel chunk has the same statistics
+    o_ptrs = Out + pid_b * stride_ob + offs_m[:, None] * stride_on + offs_co[None, :] * stride_oc
     if SPLIT:
         o_ptrs += pid_s.to(tl.int64) * stride_os
-        tl.store(o_ptrs, out, mask=rows_ok[:, None] & c_ok[None, :])
-        tl.store(Lse + (pid_s * tl.num_programs(1) + pid_b) * N + offs_m, lse2, mask=rows_ok)
+        tl.store(o_ptrs, out, mask=out_mask)
+        tl.store(Lse + (pid_s * batch + pid_b) * N + offs_m, lse2, mask=lse_mask)
     else:
-        tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=rows_ok[:, None] & c_ok[None, :])
-        tl.store(Lse + pid_b * N + offs_m, lse2 * 0.6931471805599453, mask=rows_ok)
+        tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=out_mask)
+        tl.store(Lse + pid_b * N + offs_m, lse2 * 0.6931471805599453, mask=lse_mask)
 
 
 @triton.jit
@@ -202,6 +214,7 @@ class ForwardConfig:
     block_n: int
     num_warps: int
     num_stages: int
+    block_co: int | None = None  # output channels per program; None: the whole head
 
 
 def head_size(channels: int) -> int:
@@ -209,25 +222,35 @@ def head_size(channels: int) -> int:
     return max(16, triton.next_power_of_2(channels))
 
 
-def forward_config(head: int, capability: int) -> ForwardConfig | None:
+def forward_configs(head: int, capability: int) -> tuple[ForwardConfig, ...]:
     """Tiles for padded head size ``head`` on compute capability ``capability`` (major*10+minor),
-    or None where no configuration fits (the caller then takes the chunked PyTorch path).
+    best first (the launcher takes the next where the device refuses one's shared memory), or
+    none where nothing fits (the caller then takes the chunked PyTorch path).
 
-    Shared memory holds ``q`` (BLOCK_M x HEAD) and ``num_stages`` buffers of a key and a value
-    block (BLOCK_N x HEAD each); registers hold the fp32 accumulator (BLOCK_M x HEAD) -- on
-    sm_80, whose MMAs read their operands from registers, also ``q`` itself, which is why heads
-    above 128 have no sm_80 configuration. Head 512 on sm_90: ``BLOCK_M = 64`` (the two
-    warpgroups each own 256 accumulator columns) and ``BLOCK_N = 16`` keep it within 255
-    registers and 160 KB of shared memory without spilling.
+    Shared memory holds ``q`` (BLOCK_M x HEAD) and ``num_stages`` buffers of a key block
+    (HEAD x BLOCK_N) and a value block (BLOCK_N x BLOCK_CO); registers hold the fp32 accumulator
+    (BLOCK_M x BLOCK_CO) -- on sm_80, whose MMAs read their operands from registers, also ``q``
+    itself, which is why heads above 128 have no sm_80 configuration.
+
+    Head 512 on sm_90 splits the output channels over two programs (``BLOCK_CO = 256``, each
+    recomputing the logits): a 128 x 512 fp32 accumulator does not fit in registers, and the
+    alternative, 64 queries per program with the full head, makes both warpgroups compute the
+    same logits (each warpgroup's MMA covers 64 rows and needs all of them for its half of
+    ``P V``) with narrower key blocks -- the same recomputation at lower MMA efficiency. Its
+    first configuration uses 224 of the 227 KB of shared memory; the second, 200 KB.
     """
     if capability >= 90:
-        table = {64: ForwardConfig(128, 64, 4, 3), 128: ForwardConfig(128, 64, 8, 3),
-                 256: ForwardConfig(128, 64, 8, 2), 512: ForwardConfig(64, 16, 8, 3)}
+        table = {
+            64: (ForwardConfig(128, 64, 4, 3),),
+            128: (ForwardConfig(128, 64, 8, 3),),
+            256: (ForwardConfig(128, 64, 8, 2),),
+            512: (ForwardConfig(128, 32, 8, 2, block_co=256), ForwardConfig(128, 16, 8, 3, block_co=256)),
+        }
     elif capability >= 80:
-        table = {64: ForwardConfig(128, 64, 4, 3), 128: ForwardConfig(128, 64, 8, 3)}
+        table = {64: (ForwardConfig(128, 64, 4, 3),), 128: (ForwardConfig(128, 64, 8, 3),)}
     else:
-        return None
-    return table.get(max(head, 64))
+        return ()
+    return table.get(max(head, 64), ())
 
 
 def supported_dtype(dtype: torch.dtype) -> bool:
@@ -284,29 +307,48 @@ def forward(
 ) -> None:
     """Write the attention of ``(B, C, N)`` fp16/bf16 tensors into ``out`` (``(B, C, N)``, any
     strides) and the natural log-sum-exp of every query into ``lse`` (fp32, contiguous
-    ``(B, N)``). Needs :func:`forward_config` to give a configuration for this head size and
+    ``(B, N)``). Needs :func:`forward_configs` to give a configuration for this head size and
     device. ``splits`` overrides the number of key ranges (tests use it to reach the combine).
     """
-    batch, channels, n = q.shape
     if out.numel() == 0:
         return
-    head = head_size(channels)
+    head = head_size(q.shape[1])
     capability, processors = device_facts(q.device)
-    cfg = forward_config(head, capability)
-    if cfg is None:
-        raise ValueError(f"no forward kernel configuration for head size {channels} on sm_{capability}")
+    configs = forward_configs(head, capability)
+    if not configs:
+        raise ValueError(f"no forward kernel configuration for head size {q.shape[1]} on sm_{capability}")
+    key = (head, capability)
+    for index in range(_FIRST_WORKING.get(key, 0), len(configs)):
+        try:
+            _launch_forward(configs[index], q, k, v, out, lse, scale, splits, processors)
+        except OutOfResources:
+            if index == len(configs) - 1:
+                raise
+            continue
+        _FIRST_WORKING[key] = index
+        return
+
+
+_FIRST_WORKING: dict = {}  # (head, capability) -> index of the first configuration that launched
+
+
+def _launch_forward(cfg: ForwardConfig, q, k, v, out, lse, scale, splits, processors) -> None:
+    batch, channels, n = q.shape
+    head = head_size(channels)
+    block_co = cfg.block_co or head
+    co_chunks = head // block_co
     m_blocks = triton.cdiv(n, cfg.block_m)
     key_blocks = triton.cdiv(n, cfg.block_n)
     if splits is None:
-        splits = choose_splits(m_blocks * batch, key_blocks, processors)
+        splits = choose_splits(m_blocks * batch * co_chunks, key_blocks, processors)
     splits = max(1, min(splits, key_blocks))
     keys_per_split = triton.cdiv(key_blocks, splits) * cfg.block_n
     splits = triton.cdiv(n, keys_per_split)  # no empty ranges
     common = dict(
-        HEAD=head, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, EVEN_C=channels == head,
+        HEAD=head, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_CO=block_co, EVEN_C=channels == head,
         PRECISION="tf32", UPCAST=needs_upcast(q), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    grid = (m_blocks, batch, splits)
+    grid = (m_blocks, batch * co_chunks, splits)
     qk_scale = scale * LOG2E
     if splits == 1:
         _forward_kernel[grid](
@@ -372,14 +414,14 @@ def gate_configs() -> list:
     for arch, capability in _GATE_ARCHS.items():
         for head in (64, 128, 256, 512):
             common = dict(HEAD=head, EVEN_C=True, PRECISION="tf32", UPCAST=False)
-            cfg = forward_config(head, capability)
-            if cfg is not None:
-                splits = (False, True) if head == 512 else (False,)
+            for number, cfg in enumerate(forward_configs(head, capability)):
+                splits = (False, True) if head == 512 and number == 0 else (False,)
                 for split in splits:
                     out = "fp32" if split else "bf16"
                     sig, cx, aligned = gate_signature(
                         _forward_kernel, {"Q": "bf16", "K": "bf16", "V": "bf16", "Out": out, "Lse": "fp32"},
-                        ("qk_scale",), dict(common, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SPLIT=split),
+                        ("qk_scale",),
+                        dict(common, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_CO=cfg.block_co or head, SPLIT=split),
                         ("stride_qn", "stride_kn", "stride_vn", "stride_on"),
                     )
                     name = f"forward{' split' if split else ''} head {head} {cfg}"

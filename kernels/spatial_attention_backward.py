@@ -232,14 +232,19 @@ def backward_configs(head: int, capability: int) -> tuple[BackwardConfig, Backwa
     BLOCK_M`` 16-bit values per pipeline stage, so ``BLOCK_M <= 32`` in 227 KB with two stages);
     a 32 x 32 logits tile is below the 64 rows of a warpgroup MMA, and the register-operand MMA
     it falls back to spills at ``K = 512``.
+
+    ``BLOCK_M`` is the row count of the logits tiles ``S`` and ``dP``; Triton gives each warp
+    16 of those rows (the tiles feed further products), so 8 warps want ``BLOCK_M = 128``: at 64
+    both warpgroups compute the same logits. Head 256 dK/dV accepts that (128 queries per step
+    of ``q`` and ``dO`` would need 256 KB of shared memory for two stages).
     """
     if capability >= 90:
         table = {64: (BackwardConfig(64, 64, 4, 3), BackwardConfig(64, 64, 4, 3)),
-                 128: (BackwardConfig(64, 64, 8, 3), BackwardConfig(64, 64, 8, 3)),
-                 256: (BackwardConfig(64, 32, 8, 2), BackwardConfig(64, 64, 8, 2))}
+                 128: (BackwardConfig(128, 64, 8, 2), BackwardConfig(128, 64, 8, 3)),
+                 256: (BackwardConfig(64, 32, 8, 2), BackwardConfig(128, 32, 8, 2))}
     elif capability >= 80:
         table = {64: (BackwardConfig(64, 32, 4, 3), BackwardConfig(64, 64, 4, 3)),
-                 128: (BackwardConfig(64, 16, 8, 3), BackwardConfig(64, 64, 8, 3))}
+                 128: (BackwardConfig(128, 16, 8, 3), BackwardConfig(128, 32, 8, 3))}
     else:
         return None
     return table.get(max(head, 64))

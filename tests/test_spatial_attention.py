@@ -50,8 +50,9 @@ def check_against_reference(q, k, v, dtype):
 
 
 # A covering subset of N in {1, 7, 64, 256, 1000}, C in {32, 64, 128, 256, 512}, batch 1-3 and
-# the three dtypes (the interpreter is slow at large C, so N is small there). C = 48 pads the
-# head; fp32 on the triton backend takes the cuBLAS-style chunked path.
+# the three dtypes (the interpreter is slow at large C, so N is small there). C = 48 and 300 pad
+# the head (300: the second half of the 512 output channels is partly masked); fp32 on the
+# triton backend takes the chunked path.
 KERNEL_CASES = [
     (1, 32, 1, torch.float16),
     (3, 32, 7, torch.bfloat16),
@@ -61,6 +62,7 @@ KERNEL_CASES = [
     (1, 32, 1000, torch.float16),
     (2, 256, 64, torch.float16),
     (2, 512, 40, torch.bfloat16),
+    (1, 300, 33, torch.float16),
     (2, 64, 70, torch.float32),
 ]
 
@@ -121,18 +123,45 @@ def test_channels_last_in_channels_last_out(triton_device):
     assert_matches_reference(out, reference.spatial_attention, (q, k, v), dtype=torch.float16, atol=ROUNDING[torch.float16])
 
 
-@pytest.mark.parametrize("splits", [2, 3])
-def test_split_keys_combine(triton_device, splits):
+@pytest.mark.parametrize("channels,splits", [(64, 2), (64, 3), (300, 2)])
+def test_split_keys_combine(triton_device, channels, splits):
     """Key ranges split across programs and merged by the combine kernel (the launcher does this
-    by itself when the queries alone cannot fill the GPU)."""
+    by itself when the queries alone cannot fill the GPU); C = 300 also splits the channels."""
     kernels = importlib.import_module("vqvae_fast.kernels.spatial_attention")
-    q, k, v = random_qkv((2, 64, 150), torch.float16, triton_device)
+    n = 150
+    q, k, v = random_qkv((2, channels, n), torch.float16, triton_device)
     out = torch.empty_like(q)
-    lse = torch.empty((2, 150), device=triton_device, dtype=torch.float32)
-    kernels.forward(q, k, v, out, lse, 64**-0.5, splits=splits)
+    lse = torch.empty((2, n), device=triton_device, dtype=torch.float32)
+    kernels.forward(q, k, v, out, lse, channels**-0.5, splits=splits)
     assert_matches_reference(out, reference.spatial_attention, (q, k, v), dtype=torch.float16, atol=ROUNDING[torch.float16])
-    logits = torch.bmm(q.double().transpose(1, 2), k.double()) * 64**-0.5
+    logits = torch.bmm(q.double().transpose(1, 2), k.double()) * channels**-0.5
     torch.testing.assert_close(lse.double(), torch.logsumexp(logits, 2), rtol=1e-4, atol=1e-4)
+
+
+def test_falls_back_when_shared_memory_is_refused(triton_device, monkeypatch):
+    """A device that refuses the first head-512 configuration's shared memory gets the second."""
+    from triton.runtime.errors import OutOfResources
+
+    kernels = importlib.import_module("vqvae_fast.kernels.spatial_attention")
+    first = kernels.forward_configs(512, 90)[0]
+    real_launch = kernels._launch_forward
+    tried = []
+
+    def launch(cfg, *args):
+        tried.append(cfg)
+        if cfg == first:
+            raise OutOfResources(229376, 200000, "shared memory")
+        return real_launch(cfg, *args)
+
+    monkeypatch.setattr(kernels, "_launch_forward", launch)
+    monkeypatch.setattr(kernels, "device_facts", lambda device: (90, 132))
+    monkeypatch.setattr(kernels, "_FIRST_WORKING", {})
+    q, k, v = random_qkv((1, 512, 20), torch.float16, triton_device)
+    out, lse = torch.empty_like(q), torch.empty((1, 20), device=triton_device)
+    kernels.forward(q, k, v, out, lse, 512**-0.5)
+    kernels.forward(q, k, v, out, lse, 512**-0.5)
+    assert tried == [first] + [kernels.forward_configs(512, 90)[1]] * 2
+    assert_matches_reference(out, reference.spatial_attention, (q, k, v), dtype=torch.float16, atol=ROUNDING[torch.float16])
 
 
 def test_split_choice_fills_the_gpu():

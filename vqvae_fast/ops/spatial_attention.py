@@ -172,7 +172,7 @@ def _kernels():
 def triton_forward(q, k, v, scale):
     fwd, _ = _kernels()
     capability, _ = fwd.device_facts(q.device)
-    if not fwd.supported_dtype(q.dtype) or fwd.forward_config(fwd.head_size(q.shape[1]), capability) is None:
+    if not fwd.supported_dtype(q.dtype) or not fwd.forward_configs(fwd.head_size(q.shape[1]), capability):
         return chunked_forward(q, k, v, scale)
     out = output_like(q)
     lse = torch.empty((q.shape[0], q.shape[2]), device=q.device, dtype=torch.float32)
