@@ -297,8 +297,53 @@ def choose_splits(programs: int, key_blocks: int, processors: int) -> int:
 # Launchers
 
 
-def _strides(t: torch.Tensor) -> tuple[int, int, int]:
-    return t.stride(0), t.stride(1), t.stride(2)
+def _strides(t: torch.Tensor) -> tuple[int, ...]:
+    """Strides for a launch; 0 for a dimension of size 1 (never stepped along), so that a batch
+    of one keeps the other arguments' 16-divisibility, which the compiled code relies on."""
+    return tuple(0 if size == 1 else stride for size, stride in zip(t.shape, t.stride()))
+
+
+def in_kernel_layout(t: torch.Tensor) -> bool:
+    """Whether the kernels read ``t`` (``(B, C, N)``) in place with 16-byte copies. Triton
+    specialises on 16-divisible integers, so: ``C`` a multiple of 16, a 16-byte-aligned start,
+    and either positions innermost with ``N`` and the other strides multiples of 16 (NCHW, the
+    attention block's projection) or channels innermost with the other strides multiples of 16
+    (channels-last, token-major projections; any ``N``)."""
+    channels, n = t.shape[1], t.shape[2]
+    sb, sc, sn = _strides(t)
+    if channels % 16 or t.data_ptr() % 16 or sb % 16:
+        return False
+    if sn == 1:
+        return n % 16 == 0 and sc % 16 == 0
+    return sc == 1 and sn % 16 == 0
+
+
+def padded_channels(channels: int) -> int:
+    return -(-channels // 16) * 16
+
+
+def kernel_empty(like: torch.Tensor, channels: int) -> torch.Tensor:
+    """An empty ``(B, channels, N)`` tensor in the kernels' layout (channels innermost)."""
+    return like.new_empty((like.shape[0], like.shape[2], channels)).transpose(1, 2)
+
+
+def kernel_input(t: torch.Tensor, channels: int) -> torch.Tensor:
+    """``t`` itself when the kernels can read it in place with ``channels`` channels, else a
+    copy with channels innermost, zero-padded to ``channels`` -- only for layouts that would
+    force scalar loads (an odd number of positions with positions innermost, a channel count
+    that is not a multiple of 16, other strides): O(N C) against the attention's O(N^2 C)."""
+    if t.shape[1] == channels and in_kernel_layout(t):
+        return t
+    copy = kernel_empty(t, channels)
+    if channels != t.shape[1]:
+        copy[:, t.shape[1]:].zero_()  # zero channels add nothing to q . k and are never stored
+    copy[:, :t.shape[1]].copy_(t)
+    return copy
+
+
+def kernel_output(t: torch.Tensor, channels: int) -> torch.Tensor:
+    """``t`` itself, or an empty stand-in in the kernels' layout (copied back by the caller)."""
+    return t if t.shape[1] == channels and in_kernel_layout(t) else kernel_empty(t, channels)
 
 
 def forward(
@@ -317,16 +362,21 @@ def forward(
     configs = forward_configs(head, capability)
     if not configs:
         raise ValueError(f"no forward kernel configuration for head size {q.shape[1]} on sm_{capability}")
+    channels = padded_channels(q.shape[1])
+    q, k, v = (kernel_input(t, channels) for t in (q, k, v))
+    target = kernel_output(out, channels)
     key = (head, capability)
     for index in range(_FIRST_WORKING.get(key, 0), len(configs)):
         try:
-            _launch_forward(configs[index], q, k, v, out, lse, scale, splits, processors)
+            _launch_forward(configs[index], q, k, v, target, lse, scale, splits, processors)
         except OutOfResources:
             if index == len(configs) - 1:
                 raise
             continue
         _FIRST_WORKING[key] = index
-        return
+        break
+    if target is not out:
+        out.copy_(target[:, : out.shape[1]])
 
 
 _FIRST_WORKING: dict = {}  # (head, capability) -> index of the first configuration that launched
@@ -356,15 +406,15 @@ def _launch_forward(cfg: ForwardConfig, q, k, v, out, lse, scale, splits, proces
             n, channels, keys_per_split, qk_scale, SPLIT=False, **common,
         )
         return
-    part = torch.empty((splits, batch, channels, n), device=q.device, dtype=torch.float32)
+    part = q.new_empty((splits, batch, n, channels), dtype=torch.float32).transpose(2, 3)
     part_lse = torch.empty((splits, batch, n), device=q.device, dtype=torch.float32)
     _forward_kernel[grid](
         q, k, v, part, part_lse, *_strides(q), *_strides(k), *_strides(v),
-        *part.stride()[1:], part.stride(0), n, channels, keys_per_split, qk_scale, SPLIT=True, **common,
+        *_strides(part[0]), part.stride(0), n, channels, keys_per_split, qk_scale, SPLIT=True, **common,
     )
     block_p = 64
     _combine_kernel[(triton.cdiv(n, block_p), batch)](
-        part, part_lse, out, lse, *part.stride(), *_strides(out), n, channels, splits,
+        part, part_lse, out, lse, part.stride(0), *_strides(part[0]), *_strides(out), n, channels, splits,
         BLOCK_P=block_p, BLOCK_C=32, num_warps=4,
     )
 
@@ -402,46 +452,51 @@ def gate_configs() -> list:
     """Every configuration the launchers choose, compiled for the architecture that chooses it:
     the forward, dK/dV and dQ kernels at the largest padded head size of each tile
     configuration (64, 128, 256, 512) in bf16 (fp16 compiles to the same code with F16 MMAs),
-    the split-key forward and its combine step, and the ``Delta`` kernel; positions innermost
-    (the layout the attention block's projection writes) at aligned sizes."""
+    in the two layouts :func:`friendly` lets through -- positions innermost at aligned sizes
+    (the attention block's NCHW projection), and channels innermost with a ragged number of
+    positions and channels (padded heads) -- plus the split-key forward, its combine step and
+    the ``Delta`` kernel."""
     import sys
 
     from . import spatial_attention_backward as bwd
 
     gate = sys.modules.get("compile_gate") or sys.modules["__main__"]
     GateConfig = gate.GateConfig
+    layouts = {  # name -> (unit-stride suffix, EVEN_C, integers not 16-divisible)
+        "positions innermost": ("n", True, ()),
+        "channels innermost, ragged": ("c", False, ("N",)),
+    }
     configs = []
+
+    def add(name, kernel, pointers, floats, constexprs, suffix, unaligned, cfg, arch):
+        units = tuple(a for a in kernel.arg_names if a.startswith("stride_") and a.endswith(suffix))
+        sig, cx, aligned = gate_signature(kernel, pointers, floats, constexprs, units, unaligned)
+        configs.append(GateConfig(name, kernel, sig, cx, aligned, cfg.num_warps, cfg.num_stages,
+                                  tensor_cores=True, archs=(arch,)))
+
     for arch, capability in _GATE_ARCHS.items():
-        for head in (64, 128, 256, 512):
-            common = dict(HEAD=head, EVEN_C=True, PRECISION="tf32", UPCAST=False)
-            for number, cfg in enumerate(forward_configs(head, capability)):
-                splits = (False, True) if head == 512 and number == 0 else (False,)
-                for split in splits:
-                    out = "fp32" if split else "bf16"
-                    sig, cx, aligned = gate_signature(
-                        _forward_kernel, {"Q": "bf16", "K": "bf16", "V": "bf16", "Out": out, "Lse": "fp32"},
-                        ("qk_scale",),
-                        dict(common, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_CO=cfg.block_co or head, SPLIT=split),
-                        ("stride_qn", "stride_kn", "stride_vn", "stride_on"),
-                    )
-                    name = f"forward{' split' if split else ''} head {head} {cfg}"
-                    configs.append(GateConfig(name, _forward_kernel, sig, cx, aligned, cfg.num_warps,
-                                              cfg.num_stages, tensor_cores=True, archs=(arch,)))
-            backward = bwd.backward_configs(head, capability)
-            if backward is None:
-                continue
-            for name, kernel, bc in (("dkdv", bwd._dkdv_kernel, backward[0]), ("dq", bwd._dq_kernel, backward[1])):
+        for layout, (suffix, even_c, unaligned) in layouts.items():
+            for head in (64, 128, 256, 512):
+                common = dict(HEAD=head, EVEN_C=even_c, PRECISION="tf32", UPCAST=False)
+                for number, cfg in enumerate(forward_configs(head, capability)):
+                    for split in (False, True) if head == 512 and number == 0 else (False,):
+                        out = "fp32" if split else "bf16"
+                        constexprs = dict(common, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                                          BLOCK_CO=cfg.block_co or head, SPLIT=split)
+                        name = f"forward{' split' if split else ''} head {head} {layout} {cfg}"
+                        add(name, _forward_kernel, {"Q": "bf16", "K": "bf16", "V": "bf16", "Out": out, "Lse": "fp32"},
+                            ("qk_scale",), constexprs, suffix, unaligned, cfg, arch)
+                backward = bwd.backward_configs(head, capability)
+                if backward is None:
+                    continue
                 pointers = {a: "bf16" for a in ("Q", "K", "V", "dOut", "dK", "dV", "dQ")}
                 pointers.update(Lse="fp32", Delta="fp32")
-                units = tuple(a for a in kernel.arg_names if a.startswith("stride_") and a.endswith("n"))
-                sig, cx, aligned = gate_signature(
-                    kernel, pointers, ("scale", "qk_scale"), dict(common, BLOCK_M=bc.block_m, BLOCK_N=bc.block_n), units,
-                )
-                configs.append(GateConfig(f"{name} head {head} {bc}", kernel, sig, cx, aligned,
-                                          bc.num_warps, bc.num_stages, tensor_cores=True, archs=(arch,)))
+                for name, kernel, bc in (("dkdv", bwd._dkdv_kernel, backward[0]), ("dq", bwd._dq_kernel, backward[1])):
+                    add(f"{name} head {head} {layout} {bc}", kernel, pointers, ("scale", "qk_scale"),
+                        dict(common, BLOCK_M=bc.block_m, BLOCK_N=bc.block_n), suffix, unaligned, bc, arch)
     sig, cx, aligned = gate_signature(
         _combine_kernel, {"Part": "fp32", "PartLse": "fp32", "Out": "bf16", "Lse": "fp32"}, (),
-        dict(BLOCK_P=64, BLOCK_C=32), ("stride_pn", "stride_on"), unaligned=("SPLITS",),
+        dict(BLOCK_P=64, BLOCK_C=32), ("stride_pc", "stride_on"), unaligned=("SPLITS",),
     )
     configs.append(GateConfig("combine", _combine_kernel, sig, cx, aligned, 4, 3, wide_loads=True))
     sig, cx, aligned = gate_signature(

@@ -31,7 +31,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .spatial_attention import LOG2E, _mm, device_facts, head_size, needs_upcast
+from .spatial_attention import (
+    LOG2E, _mm, _strides, device_facts, head_size, kernel_input, kernel_output, needs_upcast, padded_channels,
+)
 
 
 @triton.jit
@@ -254,10 +256,6 @@ def backward_configs(head: int, capability: int) -> tuple[BackwardConfig, Backwa
 # Launcher
 
 
-def _strides(t: torch.Tensor) -> tuple[int, int, int]:
-    return t.stride(0), t.stride(1), t.stride(2)
-
-
 def backward(
     grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     out: torch.Tensor, lse: torch.Tensor, dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor,
@@ -282,15 +280,21 @@ def backward(
         BLOCK_P=block_p, BLOCK_C=32, num_warps=4,
     )
     lse = lse.contiguous()
+    channels = padded_channels(channels)
+    q, k, v, grad_out = (kernel_input(t, channels) for t in (q, k, v, grad_out))
+    targets = [kernel_output(t, channels) for t in (dq, dk, dv)]
     common = dict(HEAD=head, EVEN_C=channels == head, PRECISION="tf32", UPCAST=needs_upcast(q))
     inputs = (*_strides(q), *_strides(k), *_strides(v), *_strides(grad_out))
     _dkdv_kernel[(triton.cdiv(n, kv_cfg.block_n), batch)](
-        q, k, v, grad_out, lse, delta, dk, dv, *inputs, *_strides(dk), *_strides(dv),
+        q, k, v, grad_out, lse, delta, targets[1], targets[2], *inputs, *_strides(targets[1]), *_strides(targets[2]),
         n, channels, scale, scale * LOG2E, BLOCK_M=kv_cfg.block_m, BLOCK_N=kv_cfg.block_n,
         num_warps=kv_cfg.num_warps, num_stages=kv_cfg.num_stages, **common,
     )
     _dq_kernel[(triton.cdiv(n, q_cfg.block_m), batch)](
-        q, k, v, grad_out, lse, delta, dq, *inputs, *_strides(dq),
+        q, k, v, grad_out, lse, delta, targets[0], *inputs, *_strides(targets[0]),
         n, channels, scale, scale * LOG2E, BLOCK_M=q_cfg.block_m, BLOCK_N=q_cfg.block_n,
         num_warps=q_cfg.num_warps, num_stages=q_cfg.num_stages, **common,
     )
+    for target, result in zip(targets, (dq, dk, dv)):
+        if target is not result:
+            result.copy_(target[:, : result.shape[1]])
