@@ -58,6 +58,21 @@ def test_matches_reference(triton_device, fmt, dtype):
         assert_matches_reference(y, lambda x_: reference(x_).detach(), (x,), dtype=dtype, atol=ROUNDING[dtype])
 
 
+@pytest.mark.parametrize("height,width", [(4, 8), (5, 6)], ids=["N=32", "N=30"])
+def test_nchw_projection_layouts(triton_device, height, width):
+    """NCHW with H W a multiple of 16 (q, k, v positions innermost) and not (channels innermost)."""
+    channels = 32
+    state = reference_block(channels).state_dict()
+    x = torch.randn(2, channels, height, width, dtype=torch.float64).to(triton_device)
+    y = run_block(lambda: AttnBlock(channels), x, state, torch.bfloat16, torch.contiguous_format).detach()
+    assert y.is_contiguous()
+
+    def reference(x_):
+        return run_block(lambda: ReferenceAttnBlock(channels), x_, state, x_.dtype, torch.contiguous_format).detach()
+
+    assert_matches_reference(y, reference, (x,), dtype=torch.bfloat16, atol=ROUNDING[torch.bfloat16])
+
+
 @pytest.mark.parametrize("fmt", list(FORMATS))
 def test_cpu_backend_fp64_exact_and_gradients(fmt):
     """fp64 on the cpu backend: output and every parameter's gradient as the reference's."""

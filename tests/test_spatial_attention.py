@@ -100,10 +100,15 @@ def test_four_dimensional_inputs_and_scale(triton_device):
 
 
 @pytest.mark.parametrize("tokens", [False, True], ids=["positions-innermost", "channels-innermost"])
-def test_reads_fused_projection_in_place(triton_device, tokens):
-    """q, k, v as channel slices of one (B, 3C, N) tensor, in both layouts; the output keeps the
-    input's innermost dimension and no input is modified."""
-    batch, channels, n = 2, 32, 50
+def test_reads_fused_projection_in_place(triton_device, tokens, monkeypatch):
+    """q, k, v as channel slices of one (B, 3C, N) tensor, in both layouts: read in place (no
+    copy, forward or backward), the output keeps the input's innermost dimension, and no input
+    is modified."""
+    kernels = importlib.import_module("vqvae_fast.kernels.spatial_attention")
+    copies = []
+    real_empty = kernels.kernel_empty
+    monkeypatch.setattr(kernels, "kernel_empty", lambda *a: copies.append(a) or real_empty(*a))
+    batch, channels, n = 2, 32, 48 if tokens else 64  # positions innermost needs N % 16 == 0
     if tokens:
         fused = torch.randn(batch, n, 3 * channels, dtype=torch.float64).to(triton_device, torch.bfloat16).transpose(1, 2)
     else:
@@ -114,6 +119,19 @@ def test_reads_fused_projection_in_place(triton_device, tokens):
     out = vqvae_fast.spatial_attention(q, k, v)
     assert (out.stride(1) == 1) == tokens
     assert torch.equal(fused, before)
+    assert not copies
+
+
+def test_ragged_layouts_are_copied_once(triton_device, monkeypatch):
+    """Positions innermost with N % 16 != 0, or C % 16 != 0: one explicit copy per operand."""
+    kernels = importlib.import_module("vqvae_fast.kernels.spatial_attention")
+    copies = []
+    real_empty = kernels.kernel_empty
+    monkeypatch.setattr(kernels, "kernel_empty", lambda *a: copies.append(a) or real_empty(*a))
+    q, k, v = random_qkv((1, 40, 30), torch.float16, triton_device)
+    out = vqvae_fast.spatial_attention(q, k, v)
+    assert len(copies) == 4  # q, k, v and the output
+    assert_matches_reference(out, reference.spatial_attention, (q, k, v), dtype=torch.float16, atol=ROUNDING[torch.float16])
 
 
 def test_channels_last_in_channels_last_out(triton_device):

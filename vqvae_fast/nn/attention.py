@@ -27,8 +27,9 @@ class AttnBlock(nn.Module):
       one ``(B, 3C, N)`` result;
     * ``proj_out`` as a GEMM that accumulates into the residual ``x + b_p`` (``beta = 1``).
 
-    NCHW inputs run in ``(B, C, N)`` layout, channels-last inputs in ``(B, N, C)`` layout; the
-    output has the input's memory format. Under autocast the GEMMs run in the autocast dtype and
+    NCHW inputs run in ``(B, C, N)`` layout (``(B, N, C)`` for the attention when ``H W`` is not
+    a multiple of 16), channels-last inputs in ``(B, N, C)`` layout; the output has the input's
+    memory format. Under autocast the GEMMs run in the autocast dtype and
     the residual is added afterwards in ``x``'s dtype, as the reference's ``x + proj_out(h)``.
 
     Args:
@@ -89,10 +90,15 @@ class AttnBlock(nn.Module):
         w_proj = self.proj_out.weight.view(channels, channels)
         b_proj = self.proj_out.bias
         tokens = _is_channels_last(x)
-        if tokens:  # (B*N, C) rows: the 1x1 convolutions are plain GEMMs over positions
+        if tokens:  # (B*N, C) rows: the 1x1 convolutions are one plain GEMM over positions
             h_tok = h.permute(0, 2, 3, 1).reshape(batch * n, channels)  # (B*N, C), a view if channels-last
             qkv = torch.addmm(b_qkv, h_tok, w_qkv.t())  # (B*N, 3C)
             qkv = qkv.view(batch, n, 3 * channels).transpose(1, 2)  # (B, 3C, N), channels innermost
+        elif n % 16:  # positions innermost would leave rows the kernels cannot copy 16 bytes at a time
+            h3 = h.reshape(batch, channels, n)  # (B, C, N)
+            qkv = torch.baddbmm(
+                b_qkv.view(1, 1, 3 * channels), h3.transpose(1, 2), w_qkv.t().expand(batch, -1, -1)
+            ).transpose(1, 2)  # (B, 3C, N), channels innermost
         else:
             h3 = h.reshape(batch, channels, n)  # (B, C, N)
             qkv = torch.baddbmm(b_qkv.view(1, 3 * channels, 1), w_qkv.expand(batch, -1, -1), h3)  # (B, 3C, N)
