@@ -468,8 +468,9 @@ def gate_configs() -> list:
     }
     configs = []
 
-    def add(name, kernel, pointers, floats, constexprs, suffix, unaligned, cfg, arch):
-        units = tuple(a for a in kernel.arg_names if a.startswith("stride_") and a.endswith(suffix))
+    def add(name, kernel, pointers, floats, constexprs, suffix, unaligned, cfg, arch, units=None):
+        if units is None:
+            units = tuple(a for a in kernel.arg_names if a.startswith("stride_") and a.endswith(suffix))
         sig, cx, aligned = gate_signature(kernel, pointers, floats, constexprs, units, unaligned)
         configs.append(GateConfig(name, kernel, sig, cx, aligned, cfg.num_warps, cfg.num_stages,
                                   tensor_cores=True, archs=(arch,)))
@@ -494,6 +495,12 @@ def gate_configs() -> list:
                 for name, kernel, bc in (("dkdv", bwd._dkdv_kernel, backward[0]), ("dq", bwd._dq_kernel, backward[1])):
                     add(f"{name} head {head} {layout} {bc}", kernel, pointers, ("scale", "qk_scale"),
                         dict(common, BLOCK_M=bc.block_m, BLOCK_N=bc.block_n), suffix, unaligned, bc, arch)
+                if suffix == "n" and head == (256 if capability >= 90 else 128):  # dQ in fp32 partial sums
+                    bc = backward[1]
+                    units = ("stride_qn", "stride_kn", "stride_vn", "stride_dn", "stride_dqc")
+                    add(f"dq split head {head} {layout} {bc}", bwd._dq_kernel, dict(pointers, dQ="fp32"),
+                        ("scale", "qk_scale"), dict(common, BLOCK_M=bc.block_m, BLOCK_N=bc.block_n),
+                        suffix, unaligned, bc, arch, units)
     sig, cx, aligned = gate_signature(
         _combine_kernel, {"Part": "fp32", "PartLse": "fp32", "Out": "bf16", "Lse": "fp32"}, (),
         dict(BLOCK_P=64, BLOCK_C=32), ("stride_pc", "stride_on"), unaligned=("SPLITS",),

@@ -32,7 +32,8 @@ import triton
 import triton.language as tl
 
 from .spatial_attention import (
-    LOG2E, _mm, _strides, device_facts, head_size, kernel_input, kernel_output, needs_upcast, padded_channels,
+    LOG2E, _mm, _strides, choose_splits, device_facts, head_size, kernel_input, kernel_output, needs_upcast,
+    padded_channels,
 )
 
 
@@ -174,14 +175,18 @@ def _dq_kernel(
     stride_kb, stride_kc, stride_kn,
     stride_vb, stride_vc, stride_vn,
     stride_db, stride_dc, stride_dn,
-    stride_dqb, stride_dqc, stride_dqn,
-    N, C, scale, qk_scale,
+    stride_dqb, stride_dqc, stride_dqn,  # dQ: (B, C, N), or fp32 partial sums (SPLITS, B, C, N)
+    stride_dqs,
+    N, C, keys_per_split, scale, qk_scale,
     HEAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     EVEN_C: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    """Grid ``(cdiv(N, BLOCK_M), B)``: ``dQ`` for one block of queries of one image."""
+    """Grid ``(cdiv(N, BLOCK_M), B, SPLITS)``: the contribution of key range ``pid_s`` to ``dQ``
+    for one block of queries of one image (with ``SPLITS > 1`` into partial sums the launcher
+    adds up: at batch 1 the query blocks alone leave most of the GPU idle)."""
     pid_m = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
+    pid_s = tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_c = tl.arange(0, HEAD)
@@ -197,19 +202,22 @@ def _dq_kernel(
     v_offs = offs_c[:, None] * stride_vc + offs_n[None, :] * stride_vn
 
     dq = tl.zeros([HEAD, BLOCK_M], dtype=tl.float32)
-    full_stop = (N // BLOCK_N) * BLOCK_N
-    for n0 in range(0, full_stop, BLOCK_N):
+    start = pid_s * keys_per_split
+    stop = tl.minimum(start + keys_per_split, N)
+    full_stop = start + ((stop - start) // BLOCK_N) * BLOCK_N  # keys_per_split is a BLOCK_N multiple
+    for n0 in range(start, full_stop, BLOCK_N):
         dq = _dq_step(
             dq, qt, dot, lse2, delta, k_base, v_base, k_offs, v_offs, n0, offs_n, offs_c, N, C,
             qk_scale, stride_kn, stride_vn, EVEN_C, False, PRECISION, UPCAST,
         )
-    if full_stop < N:
+    if full_stop < stop:
         dq = _dq_step(
             dq, qt, dot, lse2, delta, k_base, v_base, k_offs, v_offs, full_stop, offs_n, offs_c, N, C,
             qk_scale, stride_kn, stride_vn, EVEN_C, True, PRECISION, UPCAST,
         )
     dq = dq * scale
-    tl.store(dQ + pid_b * stride_dqb + offs_c[:, None] * stride_dqc + offs_m[None, :] * stride_dqn,
+    dq_ptrs = dQ + pid_s.to(tl.int64) * stride_dqs + pid_b * stride_dqb
+    tl.store(dq_ptrs + offs_c[:, None] * stride_dqc + offs_m[None, :] * stride_dqn,
              dq.to(dQ.dtype.element_ty), mask=q_mask)
 
 
@@ -268,7 +276,7 @@ def backward(
     if dq.numel() == 0:
         return
     head = head_size(channels)
-    capability, _ = device_facts(q.device)
+    capability, processors = device_facts(q.device)
     configs = backward_configs(head, capability)
     if configs is None:
         raise ValueError(f"no backward kernel configuration for head size {channels} on sm_{capability}")
@@ -290,11 +298,21 @@ def backward(
         n, channels, scale, scale * LOG2E, BLOCK_M=kv_cfg.block_m, BLOCK_N=kv_cfg.block_n,
         num_warps=kv_cfg.num_warps, num_stages=kv_cfg.num_stages, **common,
     )
-    _dq_kernel[(triton.cdiv(n, q_cfg.block_m), batch)](
-        q, k, v, grad_out, lse, delta, targets[0], *inputs, *_strides(targets[0]),
-        n, channels, scale, scale * LOG2E, BLOCK_M=q_cfg.block_m, BLOCK_N=q_cfg.block_n,
+    m_blocks, key_blocks = triton.cdiv(n, q_cfg.block_m), triton.cdiv(n, q_cfg.block_n)
+    splits = choose_splits(m_blocks * batch, key_blocks, processors)
+    keys_per_split = triton.cdiv(key_blocks, splits) * q_cfg.block_n
+    splits = triton.cdiv(n, keys_per_split)
+    dq_out = targets[0]
+    if splits > 1:  # fp32 partial sums over key ranges, added below
+        dq_out = q.new_empty((splits, batch, n, channels), dtype=torch.float32).transpose(2, 3)
+    _dq_kernel[(m_blocks, batch, splits)](
+        q, k, v, grad_out, lse, delta, dq_out, *inputs, *_strides(dq_out[0] if splits > 1 else dq_out),
+        dq_out.stride(0) if splits > 1 else 0, n, channels, keys_per_split, scale, scale * LOG2E,
+        BLOCK_M=q_cfg.block_m, BLOCK_N=q_cfg.block_n,
         num_warps=q_cfg.num_warps, num_stages=q_cfg.num_stages, **common,
     )
+    if splits > 1:
+        targets[0].copy_(dq_out.sum(0))
     for target, result in zip(targets, (dq, dk, dv)):
         if target is not result:
             result.copy_(target[:, : result.shape[1]])
