@@ -41,8 +41,6 @@ import triton.language as tl
 from triton.runtime.errors import OutOfResources
 
 LOG2E = math.log2(math.e)
-LN2 = math.log(2.0)
-MAX_HEAD = 512  # largest head size the kernels take (C is padded to a power of two)
 
 
 # ----------------------------------------------------------------------------------------------

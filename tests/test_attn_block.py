@@ -105,7 +105,8 @@ def test_gradients_through_triton(triton_device):
         block.load_state_dict(state)
         x_ = x_.detach().clone().requires_grad_()
         block(x_).backward(grad_)
-        return [x_.grad] + [block.state_dict(keep_vars=True)[key].grad for key in ("q.weight", "k.weight", "v.weight", "proj_out.weight", "norm.weight")]
+        params = block.state_dict(keep_vars=True)
+        return [x_.grad] + [params[key].grad for key in ("q.weight", "k.weight", "v.weight", "proj_out.weight", "norm.weight")]
 
     actual = grads(AttnBlock, x.half(), grad.half())
     with vqvae_fast.use_backend("reference"):
