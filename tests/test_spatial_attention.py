@@ -281,12 +281,16 @@ def test_chunked_backend_never_allocates_n_by_n(monkeypatch):
     torch.testing.assert_close(out.detach().double(), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_opcheck():
+@pytest.mark.parametrize("tokens", [False, True], ids=["positions-innermost", "channels-innermost"])
+def test_opcheck(tokens):
     q, k, v = random_qkv((2, 16, 12), torch.float32, "cpu")
+    if tokens:  # outputs in (B, N, C) storage: the fake implementation must give the same strides
+        q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
     q, k, v = (t.requires_grad_() for t in (q, k, v))
     with vqvae_fast.use_backend("cpu"):
         torch.library.opcheck(torch.ops.vqvae_fast.spatial_attention.default, (q, k, v, 0.25))
         out, lse = torch.ops.vqvae_fast.spatial_attention(q, k, v, 0.25)
+        assert (out.stride(1) == 1) == tokens
         args = (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out.detach(), lse)
         torch.library.opcheck(torch.ops.vqvae_fast.spatial_attention_backward.default, args + (0.25,))
 
