@@ -111,12 +111,11 @@ def _forward_kernel(
     (``(B, N)``) the natural log-sum-exp. With ``SPLIT``: ``Out`` is the fp32 partial output of
     key range ``pid_s`` (normalised by its own sum) and ``Lse`` (``(SPLITS, B, N)``) its
     log2-sum-exp, for :func:`_combine_kernel`."""
-    CO_CHUNKS: tl.constexpr = HEAD // BLOCK_CO
     pid_m = tl.program_id(0)
-    pid_b = (tl.program_id(1) // CO_CHUNKS).to(tl.int64)
-    pid_co = tl.program_id(1) % CO_CHUNKS
+    pid_b = (tl.program_id(1) // (HEAD // BLOCK_CO)).to(tl.int64)
+    pid_co = tl.program_id(1) % (HEAD // BLOCK_CO)
     pid_s = tl.program_id(2)
-    batch = tl.num_programs(1) // CO_CHUNKS
+    batch = tl.num_programs(1) // (HEAD // BLOCK_CO)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_c = tl.arange(0, HEAD)
@@ -274,17 +273,22 @@ def device_facts(device: torch.device) -> tuple[int, int]:
     return _device_facts(device.index if device.index is not None else torch.cuda.current_device())
 
 
+#: Fewest key blocks one split may get: below this the fp32 partial output and the combine pass
+#: cost more than the idle multiprocessors they put to work (e.g. at (8, 512, 256)).
+MIN_KEY_BLOCKS_PER_SPLIT = 4
+
+
 def choose_splits(programs: int, key_blocks: int, processors: int) -> int:
     """How many key ranges to split each query block's work into.
 
     Split only when the ``programs`` query blocks fill less than 85% of one wave, into the
-    fewest ranges that reach 85%, keeping at least two key blocks per range (a split costs an
-    fp32 partial output and the combine pass).
+    fewest ranges that reach 85%, each keeping at least :data:`MIN_KEY_BLOCKS_PER_SPLIT` blocks.
     """
-    if programs >= 0.85 * processors or key_blocks < 4:
+    most = key_blocks // MIN_KEY_BLOCKS_PER_SPLIT
+    if programs >= 0.85 * processors or most < 2:
         return 1
     best = 1
-    for splits in range(2, key_blocks // 2 + 1):
+    for splits in range(2, most + 1):
         best = splits
         if programs * splits >= 0.85 * processors:
             break

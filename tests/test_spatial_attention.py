@@ -187,7 +187,8 @@ def test_split_choice_fills_the_gpu():
     assert kernels.choose_splits(programs=64, key_blocks=256, processors=132) == 2  # (1, 512, 4096)
     assert kernels.choose_splits(programs=256, key_blocks=64, processors=132) == 1
     assert kernels.choose_splits(programs=128, key_blocks=64, processors=132) == 1  # (4, 256, 4096)
-    assert kernels.choose_splits(programs=32, key_blocks=4, processors=132) == 2  # at least 2 blocks each
+    assert kernels.choose_splits(programs=32, key_blocks=8, processors=132) == 2  # (8, 512, 256): 4 blocks each
+    assert kernels.choose_splits(programs=32, key_blocks=7, processors=132) == 1
 
 
 def test_sm80_configuration(triton_device, monkeypatch):
