@@ -13,14 +13,15 @@ all in the ``(B, C, N)`` layout of the inputs (``dV = dO P`` is ``(C, N)``). Thr
 * :func:`_delta_kernel` -- ``Delta`` (fp32, ``(B, N)``).
 * :func:`_dkdv_kernel` -- one program per block of ``BLOCK_N`` keys; streams the queries and
   accumulates ``dKᵀ``, ``dVᵀ`` as ``(HEAD, BLOCK_N)`` fp32 tiles.
-* :func:`_dq_kernel` -- one program per block of ``BLOCK_M`` queries; streams the keys and
-  accumulates ``dQ`` as a ``(HEAD, BLOCK_M)`` fp32 tile.
+* :func:`_dq_kernel` -- one program per block of ``BLOCK_M`` queries (and key range); streams
+  the keys and accumulates ``dQᵀ`` as a ``(HEAD, BLOCK_M)`` fp32 tile.
 
 Both main kernels keep the head dimension as the rows of their accumulators, so the large
-products (``M = HEAD`` up to 512) map onto full warpgroup MMAs and the small ``(BLOCK_M,
-BLOCK_N)`` products ``S`` and ``dP`` are computed once per program (no dot feeds another dot as
-its register operand, so no warp recomputes another's logits). Two kernels instead of atomic
-``dQ`` updates: deterministic, at the price of computing ``S`` and ``dP`` twice.
+products (``M = HEAD``) map onto full warpgroup MMAs. Two kernels instead of atomic ``dQ``
+updates: deterministic, at the price of computing ``S`` and ``dP`` twice. When the query blocks
+cannot fill the GPU (batch 1), the dQ kernel also splits the keys and writes fp32 partial sums
+that the launcher adds. Head sizes up to 256 (128 on sm_80): head 512 takes the chunked
+PyTorch backward (see :func:`backward_configs`).
 """
 
 from __future__ import annotations
