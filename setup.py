@@ -118,7 +118,9 @@ def build_extensions():
             with_cuda = torch_has_cuda and cuda_home is not None
 
     define_macros = [("Py_LIMITED_API", "0x03090000")]
-    extra_cxx = ["-O3", "-std=c++17"]
+    # No -std flag: torch's builder passes the C++ standard its own headers need (C++20 for
+    # torch >= 2.10; an explicit -std=c++17 here would break compiling against them).
+    extra_cxx = ["-O3"]
     if with_cuda:
         archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip() or DEFAULT_ARCH_LIST
         os.environ["TORCH_CUDA_ARCH_LIST"] = archs
@@ -131,7 +133,7 @@ def build_extensions():
             define_macros=define_macros,
             extra_compile_args={
                 "cxx": extra_cxx,
-                "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"],
+                "nvcc": ["-O3", "--use_fast_math", "-lineinfo"],
             },
             py_limited_api=True,
         )
