@@ -36,12 +36,15 @@ struct ConvGeometry {
   int64_t exact_P, exact_Q;  // min(main, P/Q): the part of the output taken from it (0, 0: none)
 };
 
-// Output positions [p0, p1) x [q0, q1).
+// Output positions [p0, p1) x [q0, q1), and the kernel taps [i0, i1) x [j0, j1) that read x
+// for at least one of them (the others read only padding there).
 struct OutputRegion {
   int64_t p0, p1, q0, q1;
+  int64_t i0, i1, j0, j1;
   int64_t rows() const { return p1 - p0; }
   int64_t cols() const { return q1 - q0; }
   int64_t size() const { return rows() * cols(); }
+  int64_t taps() const { return (i1 - i0) * (j1 - j0); }
 };
 
 // All argument checks of both ops live in padded_conv2d.cpp; these return the geometry.
@@ -70,9 +73,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> decomposed_backward(
 BorderParams make_border_params(const ConvGeometry& g, const OutputRegion& region,
                                 const at::Tensor& strided);
 
-// Border kernels. cols is (N, C*kH*kW, region.size()), contiguous, in x's opmath dtype:
-//   cols[n, (c*kH + i)*kW + j, (p - p0)*cols + (q - q0)] = x[n, c, sH p + i - top, sW q + j - left]
-// (zero where that reads padding). col2im_add adds the transpose of that map into dx.
+// Border kernels. cols is (C * region.taps(), N * region.size()), contiguous, in x's opmath
+// dtype, laid out as described in border_indexing.h (zero where a tap reads padding).
+// col2im_add adds the transpose of that map into dx.
 void border_im2col(const at::Tensor& x, const ConvGeometry& g, const OutputRegion& region,
                    at::Tensor& cols);
 void border_col2im_add(const at::Tensor& cols, const ConvGeometry& g, const OutputRegion& region,

@@ -8,6 +8,8 @@
 #include <c10/core/ScalarType.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
+
 #include "padded_conv2d.h"
 
 namespace vqvae_fast {
@@ -24,12 +26,20 @@ at::Tensor region_of(const at::Tensor& t, const OutputRegion& r) {
 
 bool has_main_part(const ConvGeometry& g) { return g.exact_P > 0 && g.exact_Q > 0; }
 
-// The im2col matrix (N, C*kH*kW, L) of one border region, in the opmath dtype.
+// The im2col matrix (C * taps, N * L) of one border region, in the opmath dtype.
 at::Tensor region_columns(const at::Tensor& x, const ConvGeometry& g, const OutputRegion& r) {
-  at::Tensor cols = at::empty({g.N, g.C * g.kH * g.kW, r.size()},
+  at::Tensor cols = at::empty({g.C * r.taps(), g.N * r.size()},
                               x.options().dtype(opmath_dtype(x.scalar_type())));
   border_im2col(x, g, r, cols);
   return cols;
+}
+
+// The weight columns of the region's taps: (O, C * taps), in the opmath dtype.
+at::Tensor region_weight(const at::Tensor& weight, const ConvGeometry& g, const OutputRegion& r) {
+  return weight.narrow(2, r.i0, r.i1 - r.i0)
+      .narrow(3, r.j0, r.j1 - r.j0)
+      .reshape({g.O, g.C * r.taps()})
+      .to(opmath_dtype(weight.scalar_type()));
 }
 
 // grad_output resized to the main convolution's output extent: a view when that extent fits in
@@ -49,8 +59,16 @@ at::Tensor main_part_grad(const at::Tensor& grad, const ConvGeometry& g) {
 
 std::vector<OutputRegion> border_regions(const ConvGeometry& g) {
   std::vector<OutputRegion> regions;
-  if (g.exact_P < g.P) regions.push_back({g.exact_P, g.P, 0, g.Q});
-  if (g.exact_P > 0 && g.exact_Q < g.Q) regions.push_back({0, g.exact_P, g.exact_Q, g.Q});
+  if (g.exact_P < g.P) regions.push_back({g.exact_P, g.P, 0, g.Q, 0, 0, 0, 0});
+  if (g.exact_P > 0 && g.exact_Q < g.Q) regions.push_back({0, g.exact_P, g.exact_Q, g.Q, 0, 0, 0, 0});
+  for (OutputRegion& r : regions) {
+    // Tap i reads row sH p + i - top: inside x for some p in [p0, p1) iff
+    // top - sH (p1 - 1) <= i < H + top - sH p0 (likewise for columns).
+    r.i0 = std::clamp<int64_t>(g.pad_top - g.sH * (r.p1 - 1), 0, g.kH);
+    r.i1 = std::clamp<int64_t>(g.H + g.pad_top - g.sH * r.p0, r.i0, g.kH);
+    r.j0 = std::clamp<int64_t>(g.pad_left - g.sW * (r.q1 - 1), 0, g.kW);
+    r.j1 = std::clamp<int64_t>(g.W + g.pad_left - g.sW * r.q0, r.j0, g.kW);
+  }
   return regions;
 }
 
@@ -67,8 +85,6 @@ BorderParams make_border_params(const ConvGeometry& g, const OutputRegion& regio
   b.C = g.C;
   b.H = g.H;
   b.W = g.W;
-  b.kH = g.kH;
-  b.kW = g.kW;
   b.sH = g.sH;
   b.sW = g.sW;
   b.pad_top = g.pad_top;
@@ -77,6 +93,10 @@ BorderParams make_border_params(const ConvGeometry& g, const OutputRegion& regio
   b.p1 = region.p1;
   b.q0 = region.q0;
   b.q1 = region.q1;
+  b.i0 = region.i0;
+  b.i1 = region.i1;
+  b.j0 = region.j0;
+  b.j1 = region.j1;
   for (int d = 0; d < 4; ++d) b.stride[d] = strided.stride(d);
   return b;
 }
@@ -131,11 +151,13 @@ at::Tensor decomposed_forward(const at::Tensor& x, const at::Tensor& weight,
   const std::vector<OutputRegion> regions = border_regions(g);
   if (regions.empty()) return y;
   const at::ScalarType acc = opmath_dtype(x.scalar_type());
-  const at::Tensor w2d = weight.reshape({g.O, g.C * g.kH * g.kW}).to(acc);  // (O, C*kH*kW)
   for (const OutputRegion& r : regions) {
-    at::Tensor out = at::matmul(w2d, region_columns(x, g, r));  // (N, O, L)
-    if (has_bias) out.add_(bias->to(acc).view({1, g.O, 1}));
-    region_of(y, r).copy_(out.view({g.N, g.O, r.rows(), r.cols()}));
+    // One GEMM for the whole batch: (O, C*taps) @ (C*taps, N*L) (+ bias) -> (O, N*L).
+    const at::Tensor w_r = region_weight(weight, g, r);
+    const at::Tensor cols = region_columns(x, g, r);
+    const at::Tensor out = has_bias ? at::addmm(bias->to(acc).view({g.O, 1}), w_r, cols)
+                                    : at::mm(w_r, cols);
+    region_of(y, r).copy_(out.view({g.O, g.N, r.rows(), r.cols()}).permute({1, 0, 2, 3}));
   }
   return y;
 }
@@ -169,19 +191,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> decomposed_backward(
   const std::vector<OutputRegion> regions = border_regions(g);
   if (regions.empty()) return {grad_x, grad_w, grad_b};
   const at::ScalarType acc = opmath_dtype(x.scalar_type());
-  const at::Tensor w2d = weight.reshape({g.O, g.C * g.kH * g.kW}).to(acc);
   for (const OutputRegion& r : regions) {
-    // (N, O, L): a copy of one strip of grad_output.
-    const at::Tensor grad_r = region_of(grad, r).to(acc).reshape({g.N, g.O, r.size()});
+    // (O, N*L): a copy of one strip of grad_output, batch next to positions as in cols.
+    const at::Tensor grad_r =
+        region_of(grad, r).permute({1, 0, 2, 3}).to(acc).reshape({g.O, g.N * r.size()});
     if (mask[1]) {
-      const at::Tensor cols = region_columns(x, g, r);
-      // sum_n grad_r[n] @ cols[n]^T: fold n into the GEMM's reduction dimension.
-      const at::Tensor gw = at::matmul(grad_r.transpose(0, 1).reshape({g.O, -1}),
-                                       cols.transpose(0, 1).reshape({g.C * g.kH * g.kW, -1}).t());
-      grad_w.add_(gw.view({g.O, g.C, g.kH, g.kW}));
+      const at::Tensor grad_w_r = at::mm(grad_r, region_columns(x, g, r).t());  // (O, C*taps)
+      grad_w.narrow(2, r.i0, r.i1 - r.i0)
+          .narrow(3, r.j0, r.j1 - r.j0)
+          .add_(grad_w_r.view({g.O, g.C, r.i1 - r.i0, r.j1 - r.j0}));
     }
     if (mask[0]) {
-      const at::Tensor grad_cols = at::matmul(w2d.t(), grad_r).contiguous();  // (N, C*kH*kW, L)
+      const at::Tensor grad_cols = at::mm(region_weight(weight, g, r).t(), grad_r).contiguous();
       border_col2im_add(grad_cols, g, r, grad_x);
     }
   }

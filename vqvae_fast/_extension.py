@@ -14,8 +14,6 @@ import sys
 import warnings
 from typing import Callable
 
-import torch
-
 _loaded: bool | None = None  # None: not tried yet
 _reason: str | None = None  # why it is not loaded
 _with_cuda: bool = False  # whether the loaded library has its CUDA part
@@ -26,6 +24,8 @@ _hooks: list[Callable[[], None]] = []
 def _try_load() -> bool:
     global _loaded, _reason, _with_cuda
     try:
+        import torch  # noqa: F401  (the library links against libtorch)
+
         module = importlib.import_module("vqvae_fast._C")
     except ImportError as err:
         _loaded, _reason = False, f"vqvae_fast._C could not be imported ({err})"
@@ -40,14 +40,19 @@ def _try_load() -> bool:
     return True
 
 
-# torch.compile evaluates this at trace time and keeps the answer as a constant, so a first load
-# inside a compiled function (importlib, op registration) does not break the graph.
-@torch.compiler.assume_constant_result
 def load() -> bool:
     """Try once to load ``vqvae_fast._C`` (registering ``torch.ops.vqvae_fast.*``); True if loaded."""
     if _loaded is None:
         return _try_load()
     return _loaded
+
+
+# torch.compile must evaluate load() at trace time and keep the answer as a constant, so that a
+# first load inside a compiled function (importlib, op registration) does not break the graph.
+# That is what torch.compiler.assume_constant_result does, by setting this attribute; calling it
+# here would import torch._dynamo (and triton) at `import vqvae_fast`, so the attribute is set
+# directly (tests/test_padded_conv2d.py checks a compiled first call in a fresh process).
+load._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 def on_load(hook: Callable[[], None]) -> None:

@@ -59,9 +59,10 @@ __global__ void __launch_bounds__(kThreads)
     border_im2col_kernel(const T* __restrict__ x, typename Element<T>::acc* __restrict__ cols,
                          const BorderParams b, const int64_t total) {
   using acc_t = typename Element<T>::acc;
+  const int64_t L = region_size(b);
   const int64_t step = int64_t(gridDim.x) * blockDim.x;
   for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total; idx += step) {
-    const int64_t offset = im2col_source_offset(b, idx);
+    const int64_t offset = im2col_source_offset(b, cols_row(b, idx / L), idx % L);
     cols[idx] = offset < 0 ? acc_t(0) : Element<T>::load(x[offset]);
   }
 }
@@ -83,7 +84,7 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T>
 cudaError_t im2col(const void* x, void* cols, const BorderParams& b, cudaStream_t stream) {
   using acc_t = typename Element<T>::acc;
-  const int64_t total = im2col_numel(b);
+  const int64_t total = cols_rows(b) * region_size(b);
   if (total == 0) return cudaSuccess;
   border_im2col_kernel<T><<<blocks_for(total), kThreads, 0, stream>>>(
       static_cast<const T*>(x), static_cast<acc_t*>(cols), b, total);

@@ -115,11 +115,16 @@ def output_shape(x, weight, stride, padding) -> tuple:
 
 
 def _fake_forward(x, weight, bias, stride, padding):
-    return x.new_empty(output_shape(x, weight, stride, padding), memory_format=output_memory_format(x))
+    shape = output_shape(x, weight, stride, padding)
+    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
 
 
 def _fake_backward(grad_output, x, weight, stride, padding, output_mask):
-    grad_x = x.new_empty(x.shape, memory_format=output_memory_format(x)) if output_mask[0] else None
+    grad_x = (
+        torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
+        if output_mask[0]
+        else None
+    )
     grad_w = weight.new_empty(weight.shape) if output_mask[1] else None
     grad_b = grad_output.new_empty((weight.shape[0],)) if output_mask[2] else None
     return grad_x, grad_w, grad_b
