@@ -258,12 +258,12 @@ Desc tensor_desc(int64_t uid, const at::Tensor& t, at::MemoryFormat format) {
 
 // The operation graph and every descriptor it refers to (kept alive with the plan).
 struct Graph {
-  std::vector<Desc> parts;
+  std::vector<Desc> parts;  // the three tensors, the convolution, the operation, the graph
   cudnnBackendDescriptor_t graph = nullptr;
 };
 
-Graph build_graph(Kind kind, const Operands& t, const ConvGeometry& g, at::MemoryFormat format,
-                  cudnnHandle_t handle) {
+// Tensors, convolution and operation descriptors, finalized (no handle needed yet).
+Graph build_operation(Kind kind, const Operands& t, const ConvGeometry& g, at::MemoryFormat format) {
   Graph graph;
   const bool is_double = t.input.scalar_type() == at::kDouble;
   const cudnnDataType_t compute = is_double ? CUDNN_DATA_DOUBLE : CUDNN_DATA_FLOAT;
@@ -302,15 +302,20 @@ Graph build_graph(Kind kind, const Operands& t, const ConvGeometry& g, at::Memor
     op.set(attrs.alpha, CUDNN_TYPE_FLOAT, 1, &alpha).set(attrs.beta, CUDNN_TYPE_FLOAT, 1, &beta);
   }
   op.finalize();
+  graph.parts.push_back(std::move(conv));
+  graph.parts.push_back(std::move(op));
+  return graph;
+}
 
+Graph build_graph(Kind kind, const Operands& t, const ConvGeometry& g, at::MemoryFormat format,
+                  cudnnHandle_t handle) {
+  Graph graph = build_operation(kind, t, g, format);
   Desc op_graph(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR);
-  cudnnBackendDescriptor_t ops[1] = {op.get()};
+  cudnnBackendDescriptor_t ops[1] = {graph.parts[4].get()};
   op_graph.set(CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, ops)
       .set(CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle)
       .finalize();
   graph.graph = op_graph.get();
-  graph.parts.push_back(std::move(conv));
-  graph.parts.push_back(std::move(op));
   graph.parts.push_back(std::move(op_graph));
   return graph;
 }
