@@ -36,15 +36,14 @@ struct ConvGeometry {
   int64_t exact_P, exact_Q;  // min(main, P/Q): the part of the output taken from it (0, 0: none)
 };
 
-// Output positions [p0, p1) x [q0, q1), and the kernel taps [i0, i1) x [j0, j1) that read x
-// for at least one of them (the others read only padding there).
+// Output positions [p0, p1) x [q0, q1), and where the region's columns start in the border
+// im2col matrix that all regions share (see border_indexing.h).
 struct OutputRegion {
   int64_t p0, p1, q0, q1;
-  int64_t i0, i1, j0, j1;
+  int64_t cols_offset;
   int64_t rows() const { return p1 - p0; }
   int64_t cols() const { return q1 - q0; }
   int64_t size() const { return rows() * cols(); }
-  int64_t taps() const { return (i1 - i0) * (j1 - j0); }
 };
 
 // All argument checks of both ops live in padded_conv2d.cpp; these return the geometry.
@@ -55,7 +54,8 @@ ConvGeometry check_backward_args(const at::Tensor& grad_output, const at::Tensor
                                  const at::Tensor& weight, at::IntArrayRef stride,
                                  at::IntArrayRef padding);
 
-// The output positions the main convolution does not produce (0, 1 or 2 disjoint strips).
+// The output positions the main convolution does not produce (0, 1 or 2 disjoint strips),
+// with their column offsets in the shared im2col matrix (N * size() columns each).
 std::vector<OutputRegion> border_regions(const ConvGeometry& g);
 
 // Memory format of the output (and of grad_input): channels_last when x is channels_last
@@ -69,13 +69,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> decomposed_backward(
     const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& weight,
     const ConvGeometry& g, std::array<bool, 3> output_mask);
 
-// The border kernels' view of one region; strides are those of `strided` (x or dx).
+// The border kernels' view of one region of the im2col matrix `cols`; strides are those of
+// `strided` (x or dx).
 BorderParams make_border_params(const ConvGeometry& g, const OutputRegion& region,
-                                const at::Tensor& strided);
+                                const at::Tensor& cols, const at::Tensor& strided);
 
-// Border kernels. cols is (C * region.taps(), N * region.size()), contiguous, in x's opmath
-// dtype, laid out as described in border_indexing.h (zero where a tap reads padding).
-// col2im_add adds the transpose of that map into dx.
+// Border kernels. cols is the shared (C*kH*kW, N * total positions) im2col matrix, contiguous,
+// in x's opmath dtype (border_indexing.h); im2col fills the region's columns, col2im_add adds
+// the transpose of that map for the region into dx.
 void border_im2col(const at::Tensor& x, const ConvGeometry& g, const OutputRegion& region,
                    at::Tensor& cols);
 void border_col2im_add(const at::Tensor& cols, const ConvGeometry& g, const OutputRegion& region,

@@ -19,10 +19,12 @@ constexpr int64_t kGrain = 1 << 14;
 
 void border_im2col_cpu(const at::Tensor& x, const ConvGeometry& g, const OutputRegion& region,
                        at::Tensor& cols) {
-  const BorderParams b = make_border_params(g, region, x);
+  const BorderParams b = make_border_params(g, region, cols, x);
   const int64_t rows = cols_rows(b);
   const int64_t L = region_size(b);
-  TORCH_CHECK(cols.is_contiguous() && cols.numel() == rows * L, "border_im2col_cpu: bad cols buffer");
+  TORCH_CHECK(cols.is_contiguous() && cols.size(0) * b.N == rows &&
+                  b.cols_offset + b.N * L <= b.cols_ld,
+              "border_im2col_cpu: bad cols buffer");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "border_im2col_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     TORCH_CHECK(cols.scalar_type() == c10::CppTypeToScalarType<acc_t>::value,
@@ -34,7 +36,7 @@ void border_im2col_cpu(const at::Tensor& x, const ConvGeometry& g, const OutputR
       for (int64_t row = begin; row < end; ++row) {
         const ColsRow r = cols_row(b, row);
         const scalar_t* plane = src + r.n * b.stride[0] + r.c * b.stride[1];
-        acc_t* out = dst + row * L;
+        acc_t* out = dst + r.start;
         for (int64_t p = b.p0; p < b.p1; ++p) {
           const int64_t m = source_row(b, r.i, p);
           const bool row_inside = m >= 0 && m < b.H;
@@ -52,10 +54,11 @@ void border_im2col_cpu(const at::Tensor& x, const ConvGeometry& g, const OutputR
 
 void border_col2im_add_cpu(const at::Tensor& cols, const ConvGeometry& g,
                            const OutputRegion& region, at::Tensor& dx) {
-  const BorderParams b = make_border_params(g, region, dx);
+  const BorderParams b = make_border_params(g, region, cols, dx);
   const InputRect rect = col2im_rect(b);
   const int64_t total = col2im_numel(b, rect);
-  TORCH_CHECK(cols.is_contiguous() && cols.numel() == cols_rows(b) * region_size(b),
+  TORCH_CHECK(cols.is_contiguous() && cols.size(0) * b.N == cols_rows(b) &&
+                  b.cols_offset + b.N * region_size(b) <= b.cols_ld,
               "border_col2im_add_cpu: bad cols buffer");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dx.scalar_type(), "border_col2im_add_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;

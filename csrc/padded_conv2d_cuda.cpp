@@ -78,7 +78,7 @@ auto with_cudnn(const char* direction, CudnnFn cudnn_fn, FallbackFn fallback) ->
 
 void border_im2col_cuda(const at::Tensor& x, const ConvGeometry& g, const OutputRegion& region,
                         at::Tensor& cols) {
-  const BorderParams b = make_border_params(g, region, x);
+  const BorderParams b = make_border_params(g, region, cols, x);
   C10_CUDA_CHECK(cuda::launch_border_im2col(element_type(x.scalar_type()), x.const_data_ptr(),
                                             cols.mutable_data_ptr(), b,
                                             c10::cuda::getCurrentCUDAStream().stream()));
@@ -86,7 +86,7 @@ void border_im2col_cuda(const at::Tensor& x, const ConvGeometry& g, const Output
 
 void border_col2im_add_cuda(const at::Tensor& cols, const ConvGeometry& g,
                             const OutputRegion& region, at::Tensor& dx) {
-  const BorderParams b = make_border_params(g, region, dx);
+  const BorderParams b = make_border_params(g, region, cols, dx);
   C10_CUDA_CHECK(cuda::launch_border_col2im_add(element_type(dx.scalar_type()),
                                                 cols.const_data_ptr(), dx.mutable_data_ptr(), b,
                                                 c10::cuda::getCurrentCUDAStream().stream()));

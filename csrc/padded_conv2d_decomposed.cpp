@@ -26,20 +26,20 @@ at::Tensor region_of(const at::Tensor& t, const OutputRegion& r) {
 
 bool has_main_part(const ConvGeometry& g) { return g.exact_P > 0 && g.exact_Q > 0; }
 
-// The im2col matrix (C * taps, N * L) of one border region, in the opmath dtype.
-at::Tensor region_columns(const at::Tensor& x, const ConvGeometry& g, const OutputRegion& r) {
-  at::Tensor cols = at::empty({g.C * r.taps(), g.N * r.size()},
+// The im2col matrix (C*kH*kW, N * positions) of all border regions, in the opmath dtype.
+at::Tensor border_columns(const at::Tensor& x, const ConvGeometry& g,
+                          const std::vector<OutputRegion>& regions) {
+  const OutputRegion& last = regions.back();
+  at::Tensor cols = at::empty({g.C * g.kH * g.kW, last.cols_offset + g.N * last.size()},
                               x.options().dtype(opmath_dtype(x.scalar_type())));
-  border_im2col(x, g, r, cols);
+  for (const OutputRegion& r : regions) border_im2col(x, g, r, cols);
   return cols;
 }
 
-// The weight columns of the region's taps: (O, C * taps), in the opmath dtype.
-at::Tensor region_weight(const at::Tensor& weight, const ConvGeometry& g, const OutputRegion& r) {
-  return weight.narrow(2, r.i0, r.i1 - r.i0)
-      .narrow(3, r.j0, r.j1 - r.j0)
-      .reshape({g.O, g.C * r.taps()})
-      .to(opmath_dtype(weight.scalar_type()));
+// The columns of `matrix` (rows x N * positions) that belong to region r, as (rows, N, P_r, Q_r).
+at::Tensor region_columns(const at::Tensor& matrix, const ConvGeometry& g, const OutputRegion& r) {
+  return matrix.narrow(1, r.cols_offset, g.N * r.size())
+      .view({matrix.size(0), g.N, r.rows(), r.cols()});
 }
 
 // grad_output resized to the main convolution's output extent: a view when that extent fits in
@@ -59,15 +59,12 @@ at::Tensor main_part_grad(const at::Tensor& grad, const ConvGeometry& g) {
 
 std::vector<OutputRegion> border_regions(const ConvGeometry& g) {
   std::vector<OutputRegion> regions;
-  if (g.exact_P < g.P) regions.push_back({g.exact_P, g.P, 0, g.Q, 0, 0, 0, 0});
-  if (g.exact_P > 0 && g.exact_Q < g.Q) regions.push_back({0, g.exact_P, g.exact_Q, g.Q, 0, 0, 0, 0});
+  if (g.exact_P < g.P) regions.push_back({g.exact_P, g.P, 0, g.Q, 0});
+  if (g.exact_P > 0 && g.exact_Q < g.Q) regions.push_back({0, g.exact_P, g.exact_Q, g.Q, 0});
+  int64_t offset = 0;
   for (OutputRegion& r : regions) {
-    // Tap i reads row sH p + i - top: inside x for some p in [p0, p1) iff
-    // top - sH (p1 - 1) <= i < H + top - sH p0 (likewise for columns).
-    r.i0 = std::clamp<int64_t>(g.pad_top - g.sH * (r.p1 - 1), 0, g.kH);
-    r.i1 = std::clamp<int64_t>(g.H + g.pad_top - g.sH * r.p0, r.i0, g.kH);
-    r.j0 = std::clamp<int64_t>(g.pad_left - g.sW * (r.q1 - 1), 0, g.kW);
-    r.j1 = std::clamp<int64_t>(g.W + g.pad_left - g.sW * r.q0, r.j0, g.kW);
+    r.cols_offset = offset;
+    offset += g.N * r.size();
   }
   return regions;
 }
@@ -79,12 +76,14 @@ at::MemoryFormat activation_memory_format(const at::Tensor& x) {
 }
 
 BorderParams make_border_params(const ConvGeometry& g, const OutputRegion& region,
-                                const at::Tensor& strided) {
+                                const at::Tensor& cols, const at::Tensor& strided) {
   BorderParams b{};
   b.N = g.N;
   b.C = g.C;
   b.H = g.H;
   b.W = g.W;
+  b.kH = g.kH;
+  b.kW = g.kW;
   b.sH = g.sH;
   b.sW = g.sW;
   b.pad_top = g.pad_top;
@@ -93,17 +92,15 @@ BorderParams make_border_params(const ConvGeometry& g, const OutputRegion& regio
   b.p1 = region.p1;
   b.q0 = region.q0;
   b.q1 = region.q1;
-  b.i0 = region.i0;
-  b.i1 = region.i1;
-  b.j0 = region.j0;
-  b.j1 = region.j1;
+  b.cols_ld = cols.size(1);
+  b.cols_offset = region.cols_offset;
   for (int d = 0; d < 4; ++d) b.stride[d] = strided.stride(d);
   return b;
 }
 
 void border_im2col(const at::Tensor& x, const ConvGeometry& g, const OutputRegion& region,
                    at::Tensor& cols) {
-  if (cols.numel() == 0) return;
+  if (cols.numel() == 0 || region.size() == 0) return;
   if (x.is_cpu()) return border_im2col_cpu(x, g, region, cols);
 #ifdef VQVAE_FAST_WITH_CUDA
   if (x.is_cuda()) return border_im2col_cuda(x, g, region, cols);
@@ -113,7 +110,7 @@ void border_im2col(const at::Tensor& x, const ConvGeometry& g, const OutputRegio
 
 void border_col2im_add(const at::Tensor& cols, const ConvGeometry& g, const OutputRegion& region,
                        at::Tensor& dx) {
-  if (cols.numel() == 0 || dx.numel() == 0) return;
+  if (cols.numel() == 0 || dx.numel() == 0 || region.size() == 0) return;
   if (dx.is_cpu()) return border_col2im_add_cpu(cols, g, region, dx);
 #ifdef VQVAE_FAST_WITH_CUDA
   if (dx.is_cuda()) return border_col2im_add_cuda(cols, g, region, dx);
@@ -150,14 +147,15 @@ at::Tensor decomposed_forward(const at::Tensor& x, const at::Tensor& weight,
 
   const std::vector<OutputRegion> regions = border_regions(g);
   if (regions.empty()) return y;
+  // One GEMM for every border position of the whole batch:
+  // (O, C*kH*kW) @ (C*kH*kW, N * positions) (+ bias), the weight viewed in place.
   const at::ScalarType acc = opmath_dtype(x.scalar_type());
+  const at::Tensor w2d = weight.reshape({g.O, g.C * g.kH * g.kW}).to(acc);
+  const at::Tensor cols = border_columns(x, g, regions);
+  const at::Tensor out = has_bias ? at::addmm(bias->to(acc).view({g.O, 1}), w2d, cols)
+                                  : at::mm(w2d, cols);
   for (const OutputRegion& r : regions) {
-    // One GEMM for the whole batch: (O, C*taps) @ (C*taps, N*L) (+ bias) -> (O, N*L).
-    const at::Tensor w_r = region_weight(weight, g, r);
-    const at::Tensor cols = region_columns(x, g, r);
-    const at::Tensor out = has_bias ? at::addmm(bias->to(acc).view({g.O, 1}), w_r, cols)
-                                    : at::mm(w_r, cols);
-    region_of(y, r).copy_(out.view({g.O, g.N, r.rows(), r.cols()}).permute({1, 0, 2, 3}));
+    region_of(y, r).copy_(region_columns(out, g, r).permute({1, 0, 2, 3}));
   }
   return y;
 }
@@ -191,20 +189,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> decomposed_backward(
   const std::vector<OutputRegion> regions = border_regions(g);
   if (regions.empty()) return {grad_x, grad_w, grad_b};
   const at::ScalarType acc = opmath_dtype(x.scalar_type());
+  // grad_output at the border positions, laid out like the im2col columns: (O, N * positions).
+  const OutputRegion& last = regions.back();
+  at::Tensor grad_border = at::empty({g.O, last.cols_offset + g.N * last.size()},
+                                     grad.options().dtype(acc));
   for (const OutputRegion& r : regions) {
-    // (O, N*L): a copy of one strip of grad_output, batch next to positions as in cols.
-    const at::Tensor grad_r =
-        region_of(grad, r).permute({1, 0, 2, 3}).to(acc).reshape({g.O, g.N * r.size()});
-    if (mask[1]) {
-      const at::Tensor grad_w_r = at::mm(grad_r, region_columns(x, g, r).t());  // (O, C*taps)
-      grad_w.narrow(2, r.i0, r.i1 - r.i0)
-          .narrow(3, r.j0, r.j1 - r.j0)
-          .add_(grad_w_r.view({g.O, g.C, r.i1 - r.i0, r.j1 - r.j0}));
-    }
-    if (mask[0]) {
-      const at::Tensor grad_cols = at::mm(region_weight(weight, g, r).t(), grad_r).contiguous();
-      border_col2im_add(grad_cols, g, r, grad_x);
-    }
+    region_columns(grad_border, g, r).copy_(region_of(grad, r).permute({1, 0, 2, 3}));
+  }
+  if (mask[1]) {
+    const at::Tensor cols = border_columns(x, g, regions);
+    grad_w.add_(at::mm(grad_border, cols.t()).view({g.O, g.C, g.kH, g.kW}));
+  }
+  if (mask[0]) {
+    const at::Tensor w2d = weight.reshape({g.O, g.C * g.kH * g.kW}).to(acc);
+    const at::Tensor grad_cols = at::mm(w2d.t(), grad_border).contiguous();
+    for (const OutputRegion& r : regions) border_col2im_add(grad_cols, g, r, grad_x);
   }
   return {grad_x, grad_w, grad_b};
 }

@@ -62,8 +62,9 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t L = region_size(b);
   const int64_t step = int64_t(gridDim.x) * blockDim.x;
   for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total; idx += step) {
-    const int64_t offset = im2col_source_offset(b, cols_row(b, idx / L), idx % L);
-    cols[idx] = offset < 0 ? acc_t(0) : Element<T>::load(x[offset]);
+    const ColsRow row = cols_row(b, idx / L);
+    const int64_t offset = im2col_source_offset(b, row, idx % L);
+    cols[row.start + idx % L] = offset < 0 ? acc_t(0) : Element<T>::load(x[offset]);
   }
 }
 

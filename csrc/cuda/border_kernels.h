@@ -10,7 +10,7 @@ namespace vqvae_fast::cuda {
 
 enum class ElementType { kFloat32, kFloat64, kFloat16, kBFloat16 };
 
-// cols (float; double for kFloat64) = im2col of x over the region described by b.
+// The region's columns of cols (float; double for kFloat64) = im2col of x (border_indexing.h).
 cudaError_t launch_border_im2col(ElementType type, const void* x, void* cols, const BorderParams& b,
                                  cudaStream_t stream);
 
