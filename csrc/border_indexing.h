@@ -115,16 +115,16 @@ VQVAE_HD acc_t col2im_gather(const BorderParams& b, const acc_t* cols, int64_t n
   const int64_t width = b.q1 - b.q0;
   const acc_t* base = cols + b.cols_offset + n * region_size(b);
   acc_t sum = acc_t(0);
-  for (int64_t i = 0; i < b.kH; ++i) {
+  // Only taps with sH | (m + top - i) read row m: the first is (m + top) mod sH, then every sH-th
+  // (m, w >= 0 and the paddings are >= 0, so the remainders are non-negative).
+  for (int64_t i = (m + b.pad_top) % b.sH; i < b.kH; i += b.sH) {
     const int64_t ph = m + b.pad_top - i;  // sH * p; decreases with i
     if (ph < b.sH * b.p0) break;
-    if (ph % b.sH != 0) continue;
     const int64_t p = ph / b.sH;
     if (p >= b.p1) continue;
-    for (int64_t j = 0; j < b.kW; ++j) {
+    for (int64_t j = (w + b.pad_left) % b.sW; j < b.kW; j += b.sW) {
       const int64_t qw = w + b.pad_left - j;  // sW * q
       if (qw < b.sW * b.q0) break;
-      if (qw % b.sW != 0) continue;
       const int64_t q = qw / b.sW;
       if (q >= b.q1) continue;
       const int64_t k = (c * b.kH + i) * b.kW + j;
