@@ -28,12 +28,13 @@
 #include <cuda_runtime_api.h>
 #include <cudnn.h>
 #include <dlfcn.h>
-#include <torch/version.h>
 
 #include <algorithm>
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <optional>
+#include <string>
 #include <type_traits>
 #include <unordered_map>
 #include <utility>
@@ -479,13 +480,30 @@ size_t fastest_plan(const std::vector<Plan>& plans, cudnnHandle_t handle, const 
   return best;
 }
 
-bool tf32_allowed() {
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 10)
-  return at::globalContext().allowTF32CuDNN(at::Float32Op::CONV);
-#else
-  return at::globalContext().allowTF32CuDNN();
-#endif
+// torch.backends.cudnn.allow_tf32 (or cudnn.conv.fp32_precision), asked the way ATen's own
+// convolutions ask. The accessor's signature changed across torch releases: no argument, then an
+// op name string, then an op enum; the branch is chosen from the signature, and the enum type is
+// taken from it (so that it is only named where it exists).
+template <typename Method>
+struct OptionalArgument {};
+template <typename C, typename Op>
+struct OptionalArgument<bool (C::*)(std::optional<Op>) const> {
+  using type = Op;
+};
+
+template <typename Context>
+bool conv_tf32_allowed(const Context& context) {
+  using Method = decltype(&Context::allowTF32CuDNN);
+  if constexpr (std::is_same_v<Method, bool (Context::*)(const std::string&) const>) {
+    return context.allowTF32CuDNN("conv");
+  } else if constexpr (requires { typename OptionalArgument<Method>::type; }) {
+    return context.allowTF32CuDNN(OptionalArgument<Method>::type::CONV);
+  } else {
+    return context.allowTF32CuDNN();
+  }
 }
+
+bool tf32_allowed() { return conv_tf32_allowed(at::globalContext()); }
 
 struct CacheEntry {
   std::shared_ptr<Plan> plan;  // null when cuDNN cannot run this configuration
