@@ -121,7 +121,9 @@ def build_extensions():
         else:
             with_cuda = torch_has_cuda and cuda_home is not None
 
-    define_macros = [("Py_LIMITED_API", "0x03090000")]
+    # torch's builder defines Py_LIMITED_API itself for py_limited_api extensions (its minimum
+    # supported CPython), so the wheel is tagged abi3 from that version on.
+    define_macros = []
     # No -std flag: torch's builder passes the C++ standard its own headers need (C++20 for
     # torch >= 2.10; an explicit -std=c++17 here would break compiling against them).
     extra_cxx = ["-O3"]
@@ -166,5 +168,5 @@ setup(
     package_dir={"vqvae_fast.kernels": "kernels", "vqvae_fast.benchmarks": "benchmarks"},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
-    options={"bdist_wheel": {"py_limited_api": "cp39"}} if ext_modules else {},
+    options={"bdist_wheel": {"py_limited_api": "cp310"}} if ext_modules else {},
 )
