@@ -49,8 +49,9 @@ def env_flag(name: str) -> bool:
 def find_cuda_home() -> str | None:
     """Toolkit root: $CUDA_HOME if valid, else where ``nvcc`` really lives.
 
-    ``nvcc`` on PATH may be a wrapper script, so its own location says nothing; ``nvcc --dryrun``
-    prints the directory of the real binary (``_HERE_=<root>/bin``).
+    ``nvcc`` on PATH may be a wrapper script, so its own location says nothing; a dry-run
+    compile prints the directory of the real binary (``_HERE_=<root>/bin``; ``--dryrun --version``
+    prints nothing of the kind, hence the dummy input).
     """
     home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
     if home and os.path.exists(os.path.join(home, "bin", "nvcc")):
@@ -60,13 +61,16 @@ def find_cuda_home() -> str | None:
         return None
     try:
         out = subprocess.run(
-            [nvcc, "--dryrun", "--version"], capture_output=True, text=True, timeout=60
+            [nvcc, "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
+            capture_output=True, text=True, timeout=60,
         )
         match = re.search(r"_HERE_=(\S+)", out.stdout + out.stderr)
     except (OSError, subprocess.SubprocessError):
         match = None
     if match:
-        return os.path.dirname(os.path.normpath(match.group(1)))
+        root = os.path.dirname(os.path.normpath(match.group(1)))
+        if os.path.exists(os.path.join(root, "bin", "nvcc")):
+            return root
     return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
 
 
@@ -117,8 +121,12 @@ def build_extensions():
         else:
             with_cuda = torch_has_cuda and cuda_home is not None
 
-    define_macros = [("Py_LIMITED_API", "0x03090000")]
-    extra_cxx = ["-O3", "-std=c++17"]
+    # torch's builder defines Py_LIMITED_API itself for py_limited_api extensions (its minimum
+    # supported CPython), so the wheel is tagged abi3 from that version on.
+    define_macros = []
+    # No -std flag: torch's builder passes the C++ standard its own headers need (C++20 for
+    # torch >= 2.10; an explicit -std=c++17 here would break compiling against them).
+    extra_cxx = ["-O3"]
     if with_cuda:
         archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip() or DEFAULT_ARCH_LIST
         os.environ["TORCH_CUDA_ARCH_LIST"] = archs
@@ -127,11 +135,14 @@ def build_extensions():
         ext = cpp_extension.CUDAExtension(
             "vqvae_fast._C",
             sources + cuda_sources,
-            include_dirs=[os.path.join(ROOT, "csrc")] + pip_cuda_include_dirs(),
+            # The toolkit's own headers first: a pip CUDA runtime's include dir may carry a
+            # cuda_runtime.h without the crt/ headers it includes.
+            include_dirs=[os.path.join(ROOT, "csrc"), os.path.join(cuda_home, "include")]
+            + pip_cuda_include_dirs(),
             define_macros=define_macros,
             extra_compile_args={
                 "cxx": extra_cxx,
-                "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"],
+                "nvcc": ["-O3", "--use_fast_math", "-lineinfo"],
             },
             py_limited_api=True,
         )
@@ -157,5 +168,5 @@ setup(
     package_dir={"vqvae_fast.kernels": "kernels", "vqvae_fast.benchmarks": "benchmarks"},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
-    options={"bdist_wheel": {"py_limited_api": "cp39"}} if ext_modules else {},
+    options={"bdist_wheel": {"py_limited_api": "cp310"}} if ext_modules else {},
 )

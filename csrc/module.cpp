@@ -1,9 +1,9 @@
 // Python module shell of vqvae_fast._C.
 //
 // The extension exposes no Python functions: its ops are registered with the torch dispatcher
-// (TORCH_LIBRARY, in ops.cpp) when the library is loaded, and called as torch.ops.vqvae_fast.*.
+// (TORCH_LIBRARY, in padded_conv2d.cpp) when the library is loaded, and called as torch.ops.vqvae_fast.*.
 // The module only has to exist so that `import vqvae_fast._C` loads the shared library.
-// It uses the limited Python API, so one build serves every Python version >= 3.9.
+// It uses the limited Python API, so one build serves every Python version >= 3.10.
 #include <Python.h>
 
 extern "C" {

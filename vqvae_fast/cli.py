@@ -1,4 +1,4 @@
-"""Command line: ``vqvae-fast info`` and ``vqvae-fast bench`` (also ``python -m vqvae_fast``)."""
+"""Command line: ``vqvae-fast info``, ``run`` and ``bench`` (also ``python -m vqvae_fast``)."""
 
 from __future__ import annotations
 
@@ -47,6 +47,18 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .benchmarks.cli import run
+
+    return run(args)
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    from .benchmarks.cli import add_arguments
+
+    add_arguments(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vqvae-fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -62,13 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--device", default=None)
     p_run.set_defaults(func=cmd_run)
 
-    # The main job. Until the benchmark suite lands it runs the reference model once.
-    p_bench = sub.add_parser("bench", parents=[], help="benchmark (for now: one reference run)")
-    p_bench.add_argument("--config", default="vqgan_imagenet_f16_16384")
-    p_bench.add_argument("--batch", type=int, default=1)
-    p_bench.add_argument("--resolution", type=int, default=None)
-    p_bench.add_argument("--device", default=None)
-    p_bench.set_defaults(func=cmd_run)
+    # The main job: the benchmark suite against the reference (vqvae_fast.benchmarks).
+    p_bench = sub.add_parser(
+        "bench", help="benchmark every op and the model against the reference",
+        description="Time each op (and the VQModel end to end) for every provider - reference, "
+                    "torch.compile, the best plain PyTorch, vqvae_fast - and write a table, CSV, JSON "
+                    "and plots. See benchmarks/README.md for the columns.",
+    )
+    add_bench_arguments(p_bench)
+    p_bench.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import torch
 
+from .. import _backend
 from .. import _validation as V
 from .._backend import op_backends
 from ..reference import ops as reference
@@ -11,10 +14,137 @@ from ..reference import ops as reference
 BACKENDS = op_backends("codebook_argmin")
 PRECISIONS = ("ieee", "fast")
 
+#: bytes of one block of distances on the CPU path (rows x K); bounds its extra memory.
+CPU_BLOCK_BYTES = 8 << 20
+
+
+def _compute_dtype(z: torch.Tensor, codebook: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(z.dtype, codebook.dtype)
+
+
+def _distance_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Distances come back in fp32 (fp64 for fp64 inputs), whatever the backend."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _out_shape(z: torch.Tensor) -> tuple[int, ...]:
+    return (z.shape[0], z.shape[2], z.shape[3]) if z.dim() == 4 else (z.shape[0],)
+
+
+def _no_distance(z: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The custom op always returns two tensors; without distances the second is empty."""
+    return torch.empty((0,), dtype=_distance_dtype(dtype), device=z.device)
+
+
+# ----------------------------------------------------------------------------------------------
+# Backends. Each returns ``(indices, distances)``; ``distances`` is empty when not asked for.
+
+
+@BACKENDS.register("triton", devices=("cuda",), dtypes=V.KERNEL_DTYPES, requires=_backend.triton_status)
+def _triton(z, codebook, precision, return_distance):
+    from ..kernels import codebook_argmin as kernels  # imports triton: only when chosen
+
+    indices, distances = kernels.codebook_argmin(z, codebook, precision, return_distance)
+    return indices, distances if distances is not None else _no_distance(z, _compute_dtype(z, codebook))
+
+
+def _row_blocks(z: torch.Tensor, rows: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(first row, block (r, D))`` over the rows of ``z`` in taming's ``(b, h, w)`` order.
+
+    Blocks are views of ``z`` for ``(N, D)``, NCHW and channels_last input; a block that spans
+    several batch items (tiny ``H * W``), or an item of unusual strides, is copied — at most
+    ``max(rows, H * W)`` rows at a time, never the whole latent.
+    """
+    if z.dim() == 2:
+        for start in range(0, z.shape[0], rows):
+            yield start, z[start:start + rows]
+        return
+    B, D, H, W = z.shape
+    HW = H * W
+    positions = z.permute(0, 2, 3, 1)  # (B, H, W, D) view
+    if HW >= rows:
+        for b in range(B):
+            item = positions[b].reshape(HW, D)  # a view unless (H, W) cannot merge
+            for start in range(0, HW, rows):
+                yield b * HW + start, item[start:start + rows]
+    else:
+        per_block = max(1, rows // HW)
+        for b in range(0, B, per_block):
+            yield b * HW, positions[b:b + per_block].reshape(-1, D)  # copies per_block items
+
+
+def cpu_codebook_argmin(z, codebook, return_distance, block_bytes: int = CPU_BLOCK_BYTES):
+    """Chunked PyTorch argmin: ``addmm`` then ``argmin`` per block of rows, never ``N x K``.
+
+    Computes in fp32 (fp64 for fp64 inputs): ``d = ||e||^2 - 2 z.e`` per block of
+    ``block_bytes / (K * itemsize)`` rows into one reused buffer, so the extra memory is that
+    buffer, the codebook in the compute dtype and ``O(rows * D)`` — independent of ``N``.
+    Distances of the chosen codes are ``sum_d (z_d - e_d)^2`` in the compute dtype.
+    """
+    compute = torch.float64 if _compute_dtype(z, codebook) == torch.float64 else torch.float32
+    e = codebook.to(compute)  # (K, D); a copy only for 16-bit codebooks
+    K = e.shape[0]
+    enorm = e.pow(2).sum(1)  # (K,)
+    N = z.shape[0] * (z.shape[2] * z.shape[3] if z.dim() == 4 else 1)
+    rows = max(1, min(N, block_bytes // (K * e.element_size())))
+    indices = torch.empty((N,), dtype=torch.int64, device=z.device)
+    distances = torch.empty((N if return_distance else 0,), dtype=compute, device=z.device)
+    buffer = torch.empty((rows * K,), dtype=compute, device=z.device)
+    for start, block in _row_blocks(z, rows):
+        block = block.to(compute)  # (r, D)
+        count = block.shape[0]
+        scores = buffer[: count * K].view(count, K)
+        torch.addmm(enorm, block, e.t(), beta=1, alpha=-2, out=scores)  # ||e||^2 - 2 z.e
+        chosen = indices[start:start + count]
+        torch.argmin(scores, dim=1, out=chosen)  # ties: lowest index
+        if return_distance:
+            distances[start:start + count] = (block - e[chosen]).pow(2).sum(1)
+    shape = _out_shape(z)
+    return indices.reshape(shape), distances.reshape(shape) if return_distance else distances
+
+
+@BACKENDS.register("cpu", devices=("cpu",), dtypes=V.FLOAT_DTYPES)
+def _cpu(z, codebook, precision, return_distance):
+    return cpu_codebook_argmin(z, codebook, return_distance)
+
 
 @BACKENDS.register("reference", devices=None, dtypes=V.FLOAT_DTYPES)
 def _reference(z, codebook, precision, return_distance):
-    return reference.codebook_argmin(z, codebook, return_distance=return_distance)
+    result = reference.codebook_argmin(z, codebook, return_distance=return_distance)
+    if not return_distance:
+        return result
+    indices, distances = result
+    return indices, distances.to(_distance_dtype(distances.dtype))
+
+
+# ----------------------------------------------------------------------------------------------
+# The custom op (fast backends run behind it: torch.compile sees one opaque node)
+
+
+@torch.library.custom_op("vqvae_fast::codebook_argmin", mutates_args=())
+def _codebook_argmin_op(
+    z: torch.Tensor, codebook: torch.Tensor, precision: str, return_distance: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    backend = BACKENDS.select(z.device, _compute_dtype(z, codebook))
+    if backend.name == "reference":
+        result = backend.fn(z, codebook, precision, return_distance)
+        if return_distance:
+            return result[0], result[1]
+        return result, _no_distance(z, _compute_dtype(z, codebook))
+    return backend.fn(z, codebook, precision, return_distance)
+
+
+@_codebook_argmin_op.register_fake
+def _codebook_argmin_fake(z, codebook, precision, return_distance):
+    shape = _out_shape(z)
+    distance_dtype = _distance_dtype(_compute_dtype(z, codebook))
+    indices = z.new_empty(shape, dtype=torch.int64)
+    distances = z.new_empty(shape if return_distance else (0,), dtype=distance_dtype)
+    return indices, distances
+
+
+# ----------------------------------------------------------------------------------------------
+# Public function
 
 
 def check_args(z, codebook, precision, return_distance) -> None:
@@ -51,14 +181,38 @@ def codebook_argmin(
     ties going to the lowest index, as ``torch.argmin``.
 
     Args:
-        z: ``(N, D)`` or ``(B, D, H, W)`` (NCHW or channels_last).
-        codebook: ``(K, D)``.
-        precision: ``"ieee"`` (fp32 products) or ``"fast"`` (see the backend's documentation).
-        return_distance: also return ``min_k ||z_n - e_k||^2``.
+        z: ``(N, D)`` or ``(B, D, H, W)`` (NCHW, channels_last or other strides: read in place).
+        codebook: ``(K, D)``, ``K >= 1``. Mixed dtypes compute in their promoted dtype.
+        precision: what the indices guarantee on the GPU (Triton) path:
 
-    Returns int64 indices ``(N,)`` or ``(B, H, W)`` (and the distances, fp32, same shape).
+            * ``"ieee"`` (default): ``z . e`` in fp32 with fp32 products (FMA; never TF32) and
+              fp32 accumulation; for fp16/bf16 inputs on tensor cores, whose 16-bit products are
+              exact in fp32. The index agrees with an fp64 computation except where the best
+              two distances lie within the fp32 rounding of the distance.
+            * ``"fast"``: on fp32 inputs the dot runs on tensor cores in TF32; each row keeps its
+              best two candidates, which are re-ranked by their fp32 distance. The indices equal
+              the ``"ieee"`` ones except at near-ties: where two codes are within fp32 rounding,
+              or where two or more other codes lie within the TF32 error
+              (``~2^-10 * sum_d |z_d e_d|``) of the best. When ``z`` and the codebook are both
+              fp16 or both bf16, or ``D < 16``, it runs the ``"ieee"`` computation.
+
+            On CPU both compute in fp32 (fp64 for fp64 inputs) with BLAS, in blocks of rows.
+        return_distance: also return ``min_k ||z_n - e_k||^2``, computed for the chosen code as
+            ``sum_d (z_d - e_d)^2`` (fp32; fp64 for fp64 inputs).
+
+    Returns int64 indices ``(N,)`` or ``(B, H, W)``, and the distances of that shape if asked.
+    Memory: ``O(N + K)`` on the GPU, one block of ``CPU_BLOCK_BYTES`` on the CPU; the reference
+    backend builds the full ``(N, K)`` matrix.
+
+    Example::
+
+        >>> z = torch.randn(2, 8, 4, 4); codebook = torch.randn(512, 8)
+        >>> codebook_argmin(z, codebook).shape
+        torch.Size([2, 4, 4])
     """
     check_args(z, codebook, precision, return_distance)
-    dtype = torch.promote_types(z.dtype, codebook.dtype)
-    backend = BACKENDS.select(z.device, dtype)
-    return backend.fn(z, codebook, precision, return_distance)
+    backend = BACKENDS.select(z.device, _compute_dtype(z, codebook))
+    if backend.name == "reference":
+        return backend.fn(z, codebook, precision, return_distance)
+    indices, distances = torch.ops.vqvae_fast.codebook_argmin(z, codebook, precision, return_distance)
+    return (indices, distances) if return_distance else indices

@@ -1,15 +1,31 @@
-"""``group_norm_silu``: group norm followed by SiLU (or by nothing), one pass over memory."""
+"""``group_norm_silu``: group norm followed by SiLU (or by nothing), fused.
+
+Backends: ``triton`` (CUDA; the kernels of ``vqvae_fast.kernels.group_norm_silu``: one read and
+one write of ``x`` where a group fits in registers, otherwise two reads and one write spread over
+the whole GPU), ``cpu`` (native group norm then in-place SiLU, with an explicit backward) and
+``reference``. The fast backends run behind the custom op ``torch.ops.vqvae_fast.group_norm_silu``
+(returning ``y`` and the fp32 per-group ``mean, rstd``; its gradient is the custom op
+``vqvae_fast::group_norm_silu_backward``), so ``torch.compile(fullgraph=True)`` traces through
+them without a graph break. On CPU tensors the op runs the cpu backend unless the triton backend
+is forced (then the kernels run in Triton's interpreter, ``TRITON_INTERPRET=1``).
+"""
 
 from __future__ import annotations
 
+import math
+from typing import Optional, Tuple
+
 import torch
 
+from .. import _backend
 from .. import _validation as V
 from .._backend import op_backends
 from ..reference import ops as reference
 
 BACKENDS = op_backends("group_norm_silu")
 BACKENDS.register("reference", devices=None, dtypes=V.FLOAT_DTYPES)(reference.group_norm_silu)
+
+_HALF = (torch.float16, torch.bfloat16)
 
 
 def check_args(x, num_groups, weight, bias, eps, activation) -> None:
@@ -20,6 +36,13 @@ def check_args(x, num_groups, weight, bias, eps, activation) -> None:
         V.check_optional_tensor(name, param, ndim=1)
         if param is not None:
             V.check_shape(name, param, (x.shape[1],))
+            # parameters in x's dtype, or fp32 with an fp16/bf16 x (as F.group_norm allows)
+            if param.dtype != x.dtype and not (x.dtype in _HALF and param.dtype == torch.float32):
+                raise TypeError(
+                    f"{name} must have x's dtype {x.dtype} (or float32 when x is float16/bfloat16), "
+                    f"got {param.dtype}"
+                )
+    V.check_same_dtype(weight=weight, bias=bias)
     V.check_same_device(x=x, weight=weight, bias=bias)
     V.check_float("eps", eps)
     if eps < 0:
@@ -48,12 +71,231 @@ def group_norm_silu(
         x: ``(N, C, *)`` in fp32, fp16, bf16 (fp64 on the CPU / reference backends); NCHW,
             channels_last or strided.
         num_groups: groups ``G``; ``C % G == 0``.
-        weight, bias: optional per-channel affine parameters ``(C,)``.
+        weight, bias: optional per-channel affine parameters ``(C,)``, in ``x``'s dtype (or fp32
+            for an fp16/bf16 ``x``).
         eps: added to the variance.
         activation: ``"silu"`` or ``None``.
 
-    Returns a tensor of ``x``'s shape, dtype and memory format.
+    Returns a tensor of ``x``'s shape and dtype: channels_last when ``x`` is channels_last
+    (4-D and 5-D), contiguous otherwise. Differentiable in ``x``, ``weight`` and ``bias``.
     """
     check_args(x, num_groups, weight, bias, eps, activation)
     backend = BACKENDS.select(x.device, x.dtype)
     return backend.fn(x, num_groups, weight, bias, eps, activation)
+
+
+def output_memory_format(x: torch.Tensor) -> torch.memory_format:
+    """The memory format of the result for input ``x`` (every backend and the fake kernel agree)."""
+    formats = {4: torch.channels_last, 5: torch.channels_last_3d}
+    fmt = formats.get(x.dim())
+    if fmt is not None and not x.is_contiguous() and x.is_contiguous(memory_format=fmt):
+        return fmt
+    return torch.contiguous_format
+
+
+def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _call_op(x, num_groups, weight, bias, eps, activation):
+    y, _, _ = torch.ops.vqvae_fast.group_norm_silu(
+        x, num_groups, weight, bias, float(eps), activation == "silu"
+    )
+    return y
+
+
+def _fast_backend(x: torch.Tensor) -> str:
+    """``"triton"`` or ``"cpu"`` (the native implementation, which runs on any device)."""
+    try:
+        name = BACKENDS.select(x.device, x.dtype).name
+    except _backend.BackendUnavailableError:
+        name = "cpu"
+    return "triton" if name == "triton" else "cpu"
+
+
+# ----------------------------------------------------------------------------------------------
+# cpu backend: the fastest correct PyTorch, native group norm then SiLU in place (the reference
+# runs the same group norm, then two more passes for x * sigmoid(x)). Runs on any device: the
+# custom op falls back to it wherever the triton backend is not chosen.
+
+
+def _native_forward(x, num_groups, weight, bias, eps, silu):
+    N, C = x.shape[0], x.shape[1]
+    HxW = math.prod(x.shape[2:])
+    if x.numel() == 0:  # native group norm refuses an empty spatial size
+        y = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
+        stats = x.new_zeros((N, num_groups), dtype=_stats_dtype(x.dtype))
+        return y, stats, stats.clone()
+    y, mean, rstd = torch.native_group_norm(x, weight, bias, N, C, HxW, num_groups, eps)
+    if silu:
+        torch.nn.functional.silu(y, inplace=True)
+    y = y.contiguous(memory_format=output_memory_format(x))  # a copy only for odd strides
+    stats = _stats_dtype(x.dtype)  # native keeps fp16/bf16 statistics unless params are fp32
+    return y, mean.to(stats), rstd.to(stats)
+
+
+def _native_backward(dy, x, mean, rstd, weight, bias, num_groups, eps, silu):
+    N, C = x.shape[0], x.shape[1]
+    HxW = math.prod(x.shape[2:])
+    if x.numel() == 0:
+        dx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
+        zeros = lambda p: x.new_empty((0,)) if p is None else torch.zeros_like(p)  # noqa: E731
+        return dx, zeros(weight), zeros(bias)
+    # the statistics in the dtype native group norm produced them (a lossless round trip)
+    mixed = any(p is not None and p.dtype != x.dtype for p in (weight, bias))
+    stats = mean.dtype if mixed else x.dtype
+    mean, rstd = mean.to(stats), rstd.to(stats)
+    dz = dy
+    if silu:
+        # recompute the pre-activation as the forward did (nothing of x's size was saved)
+        z, _, _ = torch.native_group_norm(x, weight, bias, N, C, HxW, num_groups, eps)
+        dz = torch.ops.aten.silu_backward(dy, z)
+    # native's mixed-dtype backward lacks dbias without a weight: that sum is done here
+    bias_by_native = bias is not None and (weight is not None or not mixed)
+    mask = [True, weight is not None, bias_by_native]
+    dx, dw, db = torch.ops.aten.native_group_norm_backward(
+        dz, x, mean, rstd, weight, N, C, HxW, num_groups, mask
+    )
+    if bias is not None and not bias_by_native:
+        dims = [d for d in range(dz.dim()) if d != 1]
+        db = dz.sum(dim=dims, dtype=torch.float32)
+    dx = _fresh(dx.contiguous(memory_format=output_memory_format(x)), (x, dy))
+    return dx, _param_grad(dw, weight, x), _param_grad(db, bias, x)
+
+
+def _fresh(t: torch.Tensor, inputs) -> torch.Tensor:
+    """``t``, cloned if it is one of ``inputs`` (a custom op must not return its inputs)."""
+    return t.clone() if any(t is i for i in inputs) else t
+
+
+def _param_grad(grad, param, x):
+    """The gradient of an optional parameter; an empty tensor stands for ``None`` in the op."""
+    if param is None:
+        return x.new_empty((0,))
+    return grad.to(param.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# triton backend
+
+
+def _triton_forward(x, num_groups, weight, bias, eps, silu):
+    from ..kernels import group_norm_silu as kernels
+
+    return kernels.forward(x, num_groups, weight, bias, eps, silu, memory_format=output_memory_format(x))
+
+
+def _triton_backward(dy, x, mean, rstd, weight, bias, num_groups, eps, silu):
+    from ..kernels import group_norm_silu as kernels
+
+    dx, dw, db = kernels.backward(
+        dy, x, mean, rstd, weight, bias, num_groups, silu, memory_format=output_memory_format(x)
+    )
+    return dx, _param_grad(dw, weight, x), _param_grad(db, bias, x)
+
+
+# ----------------------------------------------------------------------------------------------
+# The custom ops
+
+
+@torch.library.custom_op("vqvae_fast::group_norm_silu", mutates_args=())
+def _group_norm_silu_op(
+    x: torch.Tensor,
+    num_groups: int,
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    eps: float,
+    silu: bool,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(y, mean, rstd)``; ``mean, rstd`` are ``(N, G)`` in fp32 (fp64 for fp64 ``x``)."""
+    if _fast_backend(x) == "triton":
+        return _triton_forward(x, num_groups, weight, bias, eps, silu)
+    return _native_forward(x, num_groups, weight, bias, eps, silu)
+
+
+@_group_norm_silu_op.register_fake
+def _(x, num_groups, weight, bias, eps, silu):
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
+    stats = x.new_empty((x.shape[0], num_groups), dtype=_stats_dtype(x.dtype))
+    return y, stats, torch.empty_like(stats)
+
+
+@torch.library.custom_op("vqvae_fast::group_norm_silu_backward", mutates_args=())
+def _group_norm_silu_backward_op(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    num_groups: int,
+    eps: float,
+    silu: bool,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dx, dweight, dbias)``; a parameter that is ``None`` gets an empty gradient."""
+    if _fast_backend(x) == "triton":
+        return _triton_backward(dy, x, mean, rstd, weight, bias, num_groups, eps, silu)
+    return _native_backward(dy, x, mean, rstd, weight, bias, num_groups, eps, silu)
+
+
+@_group_norm_silu_backward_op.register_fake
+def _(dy, x, mean, rstd, weight, bias, num_groups, eps, silu):
+    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
+    dw = x.new_empty((0,)) if weight is None else torch.empty_like(weight)
+    db = x.new_empty((0,)) if bias is None else torch.empty_like(bias)
+    return dx, dw, db
+
+
+def _setup_context(ctx, inputs, output):
+    x, num_groups, weight, bias, eps, silu = inputs
+    _, mean, rstd = output
+    ctx.save_for_backward(x, weight, bias, mean, rstd)
+    ctx.num_groups, ctx.eps, ctx.silu = num_groups, eps, silu
+    ctx.mark_non_differentiable(mean, rstd)
+
+
+def _backward(ctx, dy, _dmean, _drstd):
+    x, weight, bias, mean, rstd = ctx.saved_tensors
+    dx, dw, db = torch.ops.vqvae_fast.group_norm_silu_backward(
+        dy, x, mean, rstd, weight, bias, ctx.num_groups, ctx.eps, ctx.silu
+    )
+    return (
+        dx if ctx.needs_input_grad[0] else None,
+        None,
+        dw if weight is not None and ctx.needs_input_grad[2] else None,
+        db if bias is not None and ctx.needs_input_grad[3] else None,
+        None,
+        None,
+    )
+
+
+_group_norm_silu_op.register_autograd(_backward, setup_context=_setup_context)
+
+BACKENDS.register(
+    "triton", devices=("cuda",), dtypes=V.KERNEL_DTYPES, requires=_backend.triton_status
+)(_call_op)
+
+
+@BACKENDS.register("cpu", devices=("cpu",), dtypes=V.FLOAT_DTYPES)
+def _cpu_group_norm_silu(x, num_groups, weight, bias, eps, activation):
+    """The cpu backend. Traced by ``torch.compile``, it is the custom op (which runs
+    :func:`_native_forward` on CPU tensors). In eager mode the same ATen calls run directly:
+    at small sizes the custom op's Python dispatch would cost more than the work."""
+    silu = activation == "silu"
+    if torch.compiler.is_compiling() or x.numel() == 0:
+        return _call_op(x, num_groups, weight, bias, eps, activation)
+    params = [p for p in (weight, bias) if p is not None]
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in [x, *params])):
+        N, C = x.shape[0], x.shape[1]
+        y = torch.native_group_norm(x, weight, bias, N, C, math.prod(x.shape[2:]), num_groups, eps)[0]
+        if silu:
+            torch.nn.functional.silu(y, inplace=True)
+        return y if y.is_contiguous() else y.contiguous(memory_format=output_memory_format(x))
+    if bias is not None and weight is None and bias.dtype != x.dtype:
+        # native's mixed-dtype backward lacks this case; the custom op's backward handles it
+        return _call_op(x, num_groups, weight, bias, eps, activation)
+    # autograd through ATen: group norm, then SiLU whose backward needs only its input
+    y = torch.nn.functional.group_norm(x, num_groups, weight, bias, eps)
+    if silu:
+        y = torch.nn.functional.silu(y)
+    return y.contiguous(memory_format=output_memory_format(x))

@@ -1,15 +1,34 @@
-"""``spatial_attention``: single-head attention over H*W positions with head size C."""
+"""``spatial_attention``: single-head attention over H*W positions with head size C.
+
+Backends: ``triton`` (flash-attention kernels of ``vqvae_fast.kernels.spatial_attention`` for
+fp16/bf16 CUDA tensors), ``cpu`` (the chunked PyTorch implementation below), ``reference``
+(materialises the ``N x N`` matrix). The fast backends run behind the custom op
+``vqvae_fast::spatial_attention`` (forward, returning the output and the row log-sum-exp) and
+``vqvae_fast::spatial_attention_backward``, with fake and autograd registrations, so that
+``torch.compile`` traces through without a graph break.
+
+The chunked implementation processes the queries in blocks of rows sized so that one block of
+fp32 logits ``(B, rows, N)`` stays within :data:`CHUNK_BYTES`; nothing ``N x N`` is allocated,
+forward or backward. It also serves CUDA inputs the kernels do not take: fp32 (cuBLAS GEMMs,
+following ``torch.backends.cuda.matmul`` precision settings) and head sizes or GPUs without a
+kernel configuration.
+"""
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 
+from .. import _backend
 from .. import _validation as V
 from .._backend import op_backends
 from ..reference import ops as reference
 
 BACKENDS = op_backends("spatial_attention")
-BACKENDS.register("reference", devices=None, dtypes=V.FLOAT_DTYPES)(reference.spatial_attention)
+
+#: Budget for one block of fp32 logits ``(B, rows, N)`` in the chunked implementation.
+CHUNK_BYTES = 64 * 2**20
 
 
 def check_args(q, k, v, scale) -> None:
@@ -27,6 +46,236 @@ def check_args(q, k, v, scale) -> None:
         V.check_float("scale", scale, positive=True)
 
 
+# ----------------------------------------------------------------------------------------------
+# Output layouts (shared by the real implementations and the fake ones)
+
+
+def output_like(t: torch.Tensor) -> torch.Tensor:
+    """An empty ``(B, C, N)`` tensor with ``t``'s innermost dimension: positions innermost, or,
+    when ``t`` keeps its channels innermost (channels-last, a slice of a ``(B, N, 3C)``
+    projection), ``(B, N, C)`` storage seen as ``(B, C, N)``."""
+    batch, channels, n = t.shape
+    if t.stride(1) < t.stride(2):
+        return t.new_empty((batch, n, channels)).transpose(1, 2)
+    return t.new_empty((batch, channels, n))
+
+
+def lse_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The log-sum-exp is fp32, or fp64 for fp64 inputs (whose gradients need it exact)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# ----------------------------------------------------------------------------------------------
+# Chunked PyTorch implementation (the cpu backend, and the CUDA fallback)
+
+
+def chunk_rows(batch: int, n: int, budget: int | None = None) -> int:
+    """Query rows per chunk: one fp32 ``(batch, rows, n)`` block of logits fits in ``budget``
+    bytes (:data:`CHUNK_BYTES` by default), at least one row, at most ``n``."""
+    budget = CHUNK_BYTES if budget is None else budget
+    return max(1, min(n, budget // max(1, batch * n * 4)))
+
+
+def _compute_dtypes(t: torch.Tensor) -> tuple[torch.dtype, torch.dtype]:
+    """(GEMM operand dtype, accumulation dtype). CUDA fp16/bf16 keep their dtype in the GEMMs
+    (tensor cores) with fp32 logits; elsewhere everything is fp32 (fp64 for fp64)."""
+    acc = lse_dtype(t.dtype)
+    if t.is_cuda and t.dtype in (torch.float16, torch.bfloat16):
+        return t.dtype, acc
+    return acc, acc
+
+
+def _bmm(a: torch.Tensor, b: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    """``a @ b`` with an ``acc``-typed result (fp32 output of a 16-bit GEMM where supported)."""
+    if a.dtype == acc:
+        return torch.bmm(a, b)
+    if a.is_cuda and hasattr(torch.ops.aten.bmm, "dtype"):
+        return torch.ops.aten.bmm.dtype(a, b, acc)
+    return torch.bmm(a, b).to(acc)
+
+
+def chunked_forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, budget: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(out, lse)`` for ``(B, C, N)`` inputs, queries in chunks of :func:`chunk_rows` rows.
+
+    Per chunk ``r``: ``s = s_scale q_rᵀ k`` ``(B, r, N)`` in fp32, ``lse_r = logsumexp(s)``,
+    ``out_r = v exp(s - lse_r)ᵀ``.
+    """
+    batch, channels, n = q.shape
+    out = output_like(q)
+    lse = torch.empty((batch, n), device=q.device, dtype=lse_dtype(q.dtype))
+    if out.numel() == 0:
+        lse.fill_(float("-inf"))
+        return out, lse
+    gemm, acc = _compute_dtypes(q)
+    k = k.to(gemm)
+    v = v.to(gemm)
+    rows = chunk_rows(batch, n, budget)
+    for r0 in range(0, n, rows):
+        q_r = q[:, :, r0:r0 + rows].to(gemm)  # (B, C, r)
+        s = _bmm(q_r.transpose(1, 2), k, acc).mul_(scale)  # (B, r, N) fp32 logits
+        lse_r = torch.logsumexp(s, dim=2)  # (B, r)
+        p = s.sub_(lse_r[:, :, None]).exp_()  # (B, r, N) probabilities, in place of s
+        out[:, :, r0:r0 + rows] = torch.bmm(v, p.to(gemm).transpose(1, 2))  # (B, C, r)
+        lse[:, r0:r0 + rows] = lse_r
+    return out, lse
+
+
+def chunked_backward(
+    grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    out: torch.Tensor, lse: torch.Tensor, scale: float, budget: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dq, dk, dv)`` recomputing the probabilities chunk by chunk from ``lse``.
+
+    With ``P_r = exp(s q_rᵀ k - lse_r)`` ``(B, r, N)``, ``Delta_r = sum_c out_r grad_r``:
+    ``dv += grad_r P_r``, ``dS_r = P_r * (grad_rᵀ v - Delta_r)``, ``dq_r = s k dS_rᵀ``,
+    ``dk += s q_r dS_r``.
+    """
+    batch, channels, n = q.shape
+    dq, dk, dv = output_like(q), output_like(k), output_like(v)
+    if dq.numel() == 0:
+        return dq, dk, dv
+    gemm, acc = _compute_dtypes(q)
+    k_g, v_g = k.to(gemm), v.to(gemm)
+    dk_acc = torch.zeros((batch, channels, n), device=q.device, dtype=acc)
+    dv_acc = torch.zeros((batch, channels, n), device=q.device, dtype=acc)
+    rows = chunk_rows(batch, n, budget // 2 if budget else CHUNK_BYTES // 2)  # two (B, r, N) blocks live
+    for r0 in range(0, n, rows):
+        sl = slice(r0, r0 + rows)
+        q_r = q[:, :, sl].to(gemm)  # (B, C, r)
+        g_r = grad_out[:, :, sl].to(gemm)  # (B, C, r)
+        delta_r = (out[:, :, sl].to(acc) * grad_out[:, :, sl].to(acc)).sum(1)  # (B, r)
+        p = _bmm(q_r.transpose(1, 2), k_g, acc).mul_(scale)  # (B, r, N) logits
+        p = p.sub_(lse[:, sl, None].to(acc)).exp_()  # probabilities
+        dv_acc += _bmm(g_r, p.to(gemm), acc)  # (B, C, N)
+        ds = _bmm(g_r.transpose(1, 2), v_g, acc)  # (B, r, N): dP
+        ds = ds.sub_(delta_r[:, :, None]).mul_(p).to(gemm)  # dS
+        dq[:, :, sl] = _bmm(k_g, ds.transpose(1, 2), acc).mul_(scale)  # (B, C, r)
+        dk_acc += _bmm(q_r, ds, acc)  # (B, C, N)
+    dk.copy_(dk_acc.mul_(scale))
+    dv.copy_(dv_acc)
+    return dq, dk, dv
+
+
+# ----------------------------------------------------------------------------------------------
+# Triton kernels (CUDA, or CPU tensors under TRITON_INTERPRET=1)
+
+
+def _kernels():
+    return (
+        importlib.import_module("vqvae_fast.kernels.spatial_attention"),
+        importlib.import_module("vqvae_fast.kernels.spatial_attention_backward"),
+    )
+
+
+def triton_forward(q, k, v, scale):
+    fwd, _ = _kernels()
+    capability, _ = fwd.device_facts(q.device)
+    if not fwd.supported_dtype(q.dtype) or not fwd.forward_configs(fwd.head_size(q.shape[1]), capability):
+        return chunked_forward(q, k, v, scale)
+    out = output_like(q)
+    lse = torch.empty((q.shape[0], q.shape[2]), device=q.device, dtype=torch.float32)
+    fwd.forward(q, k, v, out, lse, scale)
+    return out, lse
+
+
+def triton_backward(grad_out, q, k, v, out, lse, scale):
+    fwd, bwd = _kernels()
+    capability, _ = fwd.device_facts(q.device)
+    if not fwd.supported_dtype(q.dtype) or bwd.backward_configs(fwd.head_size(q.shape[1]), capability) is None:
+        return chunked_backward(grad_out, q, k, v, out, lse, scale)
+    dq, dk, dv = output_like(q), output_like(k), output_like(v)
+    bwd.backward(grad_out, q, k, v, out, lse, dq, dk, dv, scale)
+    return dq, dk, dv
+
+
+_IMPLEMENTATIONS = {
+    "triton": (triton_forward, triton_backward),
+    "cpu": (chunked_forward, chunked_backward),
+}
+
+
+def _implementation(t: torch.Tensor):
+    """The (forward, backward) pair of the backend selected for ``t`` (chunked PyTorch for a
+    backend without one, e.g. ``reference`` forced while a compiled graph runs)."""
+    name = BACKENDS.select(t.device, t.dtype).name
+    return _IMPLEMENTATIONS.get(name, _IMPLEMENTATIONS["cpu"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Custom ops
+
+
+@torch.library.custom_op("vqvae_fast::spatial_attention", mutates_args=())
+def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(out, lse)`` for ``(B, C, N)`` tensors; ``lse`` ``(B, N)`` is the natural log-sum-exp."""
+    forward, _ = _implementation(q)
+    with torch.autocast(q.device.type, enabled=False):  # the inputs' dtype decides, not autocast
+        return forward(q, k, v, scale)
+
+
+@_attention_op.register_fake
+def _(q, k, v, scale):
+    return output_like(q), q.new_empty((q.shape[0], q.shape[2]), dtype=lse_dtype(q.dtype))
+
+
+@torch.library.custom_op("vqvae_fast::spatial_attention_backward", mutates_args=())
+def _attention_backward_op(
+    grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    out: torch.Tensor, lse: torch.Tensor, scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dq, dk, dv)`` given the output's gradient and the forward's ``out`` and ``lse``."""
+    _, backward = _implementation(q)
+    with torch.autocast(q.device.type, enabled=False):
+        return backward(grad_out, q, k, v, out, lse, scale)
+
+
+@_attention_backward_op.register_fake
+def _(grad_out, q, k, v, out, lse, scale):
+    return output_like(q), output_like(k), output_like(v)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.scale = scale
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, grad_out, grad_lse):
+    q, k, v, out, lse = ctx.saved_tensors
+    if grad_out is None:
+        return None, None, None, None
+    dq, dk, dv = torch.ops.vqvae_fast.spatial_attention_backward(grad_out, q, k, v, out, lse, ctx.scale)
+    return dq, dk, dv, None
+
+
+_attention_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _through_custom_op(q, k, v, scale):
+    """Run the custom op on ``(B, C, N)`` views of ``(B, C, N)`` or ``(B, C, H, W)`` inputs."""
+    shape = q.shape
+    batch, channels = shape[0], shape[1]
+    if scale is None:
+        scale = channels**-0.5
+    n = 1
+    for size in shape[2:]:
+        n *= size
+    q3, k3, v3 = (t.reshape(batch, channels, n) for t in (q, k, v))  # (B, C, N), views if possible
+    out, _ = torch.ops.vqvae_fast.spatial_attention(q3, k3, v3, float(scale))
+    return out.reshape(shape)  # a view: (B, N, C) storage gives channels-last (B, C, H, W)
+
+
+BACKENDS.register(
+    "triton", devices=("cuda",), dtypes=V.KERNEL_DTYPES, requires=_backend.triton_status
+)(_through_custom_op)
+BACKENDS.register("cpu", devices=("cpu",), dtypes=V.FLOAT_DTYPES)(_through_custom_op)
+BACKENDS.register("reference", devices=None, dtypes=V.FLOAT_DTYPES)(reference.spatial_attention)
+
+
 def spatial_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None
 ) -> torch.Tensor:
@@ -38,10 +287,13 @@ def spatial_attention(
 
     Args:
         q, k, v: ``(B, C, N)`` or ``(B, C, H, W)``, one shape, dtype and device for all three
-            (the layout the 1x1 convolutions of an attention block produce).
+            (the layout the 1x1 convolutions of an attention block produce), any strides:
+            channel slices of one fused ``(B, 3C, N)`` projection are read in place.
         scale: ``s``; default ``C ** -0.5``.
 
-    Returns ``(B, C, N)`` or ``(B, C, H, W)`` like ``q``.
+    Returns ``(B, C, N)`` or ``(B, C, H, W)`` like ``q``, with ``q``'s innermost dimension
+    (channels-last in, channels-last out). Differentiable in ``q``, ``k``, ``v``; no ``N x N``
+    memory on the fast backends.
     """
     check_args(q, k, v, scale)
     backend = BACKENDS.select(q.device, q.dtype)

@@ -113,7 +113,7 @@ class AttnBlock(nn.Module):
 class Downsample(nn.Module):
     """Halve H and W: pad right/bottom by one then 3x3 conv with stride 2, or 2x2 average pool.
 
-    Shape: ``(N, C, H, W) -> (N, C, floor((H - 1) / 2) + 1 ... )``; ``H / 2`` for even ``H``.
+    Shape: ``(N, C, H, W) -> (N, C, H // 2, W // 2)`` (the pad makes odd sizes round down too).
     """
 
     def __init__(self, in_channels: int, with_conv: bool):

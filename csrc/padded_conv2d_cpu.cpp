@@ -1,0 +1,81 @@
+// CPU border kernels of padded_conv2d: im2col of a border region and its transpose (col2im),
+// parallelised with at::parallel_for. The index math is border_indexing.h, shared with CUDA
+// (the CUDA kernels evaluate the same functions per element; the loops here hoist them).
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+
+#include "padded_conv2d.h"
+
+namespace vqvae_fast {
+
+namespace {
+// Elements per task: enough work to amortise a thread hand-off.
+constexpr int64_t kGrain = 1 << 14;
+}  // namespace
+
+void border_im2col_cpu(const at::Tensor& x, const ConvGeometry& g, const OutputRegion& region,
+                       at::Tensor& cols) {
+  const BorderParams b = make_border_params(g, region, cols, x);
+  const int64_t rows = cols_rows(b);
+  const int64_t L = region_size(b);
+  TORCH_CHECK(cols.is_contiguous() && cols.size(0) * b.N == rows &&
+                  b.cols_offset + b.N * L <= b.cols_ld,
+              "border_im2col_cpu: bad cols buffer");
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "border_im2col_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    TORCH_CHECK(cols.scalar_type() == c10::CppTypeToScalarType<acc_t>::value,
+                "border_im2col_cpu: cols must have the opmath dtype of x");
+    const scalar_t* src = x.const_data_ptr<scalar_t>();
+    acc_t* dst = cols.mutable_data_ptr<acc_t>();
+    at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(L, 1)),
+                     [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const ColsRow r = cols_row(b, row);
+        const scalar_t* plane = src + r.n * b.stride[0] + r.c * b.stride[1];
+        acc_t* out = dst + r.start;
+        for (int64_t p = b.p0; p < b.p1; ++p) {
+          const int64_t m = source_row(b, r.i, p);
+          const bool row_inside = m >= 0 && m < b.H;
+          for (int64_t q = b.q0; q < b.q1; ++q, ++out) {
+            const int64_t w = source_col(b, r.j, q);
+            *out = (row_inside && w >= 0 && w < b.W)
+                       ? static_cast<acc_t>(plane[m * b.stride[2] + w * b.stride[3]])
+                       : acc_t(0);
+          }
+        }
+      }
+    });
+  });
+}
+
+void border_col2im_add_cpu(const at::Tensor& cols, const ConvGeometry& g,
+                           const OutputRegion& region, at::Tensor& dx) {
+  const BorderParams b = make_border_params(g, region, cols, dx);
+  const InputRect rect = col2im_rect(b);
+  const int64_t total = col2im_numel(b, rect);
+  TORCH_CHECK(cols.is_contiguous() && cols.size(0) * b.N == cols_rows(b) &&
+                  b.cols_offset + b.N * region_size(b) <= b.cols_ld,
+              "border_col2im_add_cpu: bad cols buffer");
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dx.scalar_type(), "border_col2im_add_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    TORCH_CHECK(cols.scalar_type() == c10::CppTypeToScalarType<acc_t>::value,
+                "border_col2im_add_cpu: cols must have the opmath dtype of dx");
+    const acc_t* src = cols.const_data_ptr<acc_t>();
+    scalar_t* dst = dx.mutable_data_ptr<scalar_t>();
+    // Each index owns one dx element: tasks never write the same element.
+    at::parallel_for(0, total, kGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t idx = begin; idx < end; ++idx) {
+        int64_t n, c, m, w;
+        const int64_t offset = col2im_target(b, rect, idx, n, c, m, w);
+        const acc_t sum = col2im_gather(b, src, n, c, m, w);
+        dst[offset] = static_cast<scalar_t>(static_cast<acc_t>(dst[offset]) + sum);
+      }
+    });
+  });
+}
+
+}  // namespace vqvae_fast

@@ -1,0 +1,168 @@
+"""Fast drop-in for taming's ``VectorQuantizer2``: nearest codes without the ``N x K`` matrix."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .. import _validation as V
+from ..ops.codebook_argmin import PRECISIONS, codebook_argmin
+from ..reference import quantize as reference
+
+
+class VectorQuantizer(reference.VectorQuantizer):
+    r"""Replace each latent vector by its nearest codebook entry, as taming's ``VectorQuantizer2``.
+
+    Same arguments, ``state_dict`` (``embedding.weight``, plus ``used`` with ``remap``), outputs,
+    loss and straight-through gradient as :class:`vqvae_fast.reference.VectorQuantizer`; the
+    nearest codes come from :func:`vqvae_fast.codebook_argmin` (no ``(N, K)`` distance matrix),
+    the codes are gathered once, and ``remap`` uses an ``n_e``-entry lookup table instead of a
+    ``(B, L, len(used))`` comparison.
+
+    For ``z`` of shape ``(B, e_dim, H, W)``: ``i = argmin_k ||z - e_k||^2`` per position,
+    ``z_q = e_i`` and
+
+    .. math::
+        \mathcal{L} = \lVert \mathrm{sg}(z_q) - z \rVert^2 + \beta \lVert z_q - \mathrm{sg}(z) \rVert^2
+        \quad (\texttt{legacy=True}),
+
+    weights swapped for ``legacy=False``; the output is ``z + sg(z_q - z)``.
+
+    Args:
+        n_e, e_dim, beta, remap, unknown_index, sane_index_shape, legacy: as the reference.
+        precision: ``"ieee"`` or ``"fast"``, passed to :func:`vqvae_fast.codebook_argmin`
+            (see there for what each guarantees).
+        compute_usage: also return the codebook perplexity
+            ``exp(-sum_k p_k log(p_k + 1e-10))`` with ``p_k`` the fraction of positions using
+            code ``k`` (counted with a scatter-add, never a one-hot ``(N, K)`` matrix), and keep
+            the per-code counts of the last forward in ``code_counts`` (int64 ``(n_e,)``).
+
+    Shape:
+        - ``z``: ``(B, e_dim, H, W)``, NCHW or channels_last (the output keeps the format).
+        - returns ``(z_q, loss, (perplexity, None, indices))``: ``perplexity`` is ``None``
+          unless ``compute_usage``; ``indices`` as the reference (``(B*H*W,)``, ``(B, H, W)``
+          with ``sane_index_shape``, ``(B*H*W, 1)`` with ``remap``).
+
+    Example::
+
+        >>> vq = VectorQuantizer(1024, 64, beta=0.25, compute_usage=True)
+        >>> z_q, loss, (perplexity, _, indices) = vq(torch.randn(2, 64, 16, 16))
+    """
+
+    def __init__(
+        self,
+        n_e: int,
+        e_dim: int,
+        beta: float = 0.25,
+        remap=None,
+        unknown_index="random",
+        sane_index_shape: bool = False,
+        legacy: bool = True,
+        *,
+        precision: str = "ieee",
+        compute_usage: bool = False,
+    ):
+        super().__init__(n_e, e_dim, beta=beta, remap=remap, unknown_index=unknown_index,
+                         sane_index_shape=sane_index_shape, legacy=legacy)
+        self._set_options(precision, compute_usage)
+
+    def _set_options(self, precision: str, compute_usage: bool) -> None:
+        V.check_choice("precision", precision, PRECISIONS)
+        if not isinstance(compute_usage, bool):
+            raise TypeError(f"compute_usage must be a bool, got {type(compute_usage).__name__}")
+        self.precision = precision
+        self.compute_usage = compute_usage
+        self.code_counts: torch.Tensor | None = None
+
+    @classmethod
+    def from_reference(
+        cls, quantizer: reference.VectorQuantizer, *, precision: str = "ieee", compute_usage: bool = False
+    ) -> "VectorQuantizer":
+        """A fast quantizer sharing ``quantizer``'s embedding (same Parameter) and buffers.
+
+        Nothing is copied: training either module trains both, and their state_dicts have the
+        same keys and tensors.
+        """
+        if not isinstance(quantizer, reference.VectorQuantizer):
+            raise TypeError(
+                f"quantizer must be a vqvae_fast.reference.VectorQuantizer, got {type(quantizer).__name__}"
+            )
+        fast = cls.__new__(cls)
+        nn.Module.__init__(fast)
+        for name, value in vars(quantizer).items():  # plain attributes: n_e, beta, remap, training...
+            if not name.startswith("_"):
+                fast.__dict__[name] = value
+        for name, param in quantizer._parameters.items():
+            fast.register_parameter(name, param)
+        for name, buffer in quantizer._buffers.items():
+            fast.register_buffer(name, buffer, persistent=name not in quantizer._non_persistent_buffers_set)
+        for name, module in quantizer._modules.items():
+            fast.add_module(name, module)  # the embedding module itself: same Parameter
+        fast._set_options(precision, compute_usage)
+        return fast
+
+    # -- index remapping --------------------------------------------------------------------
+
+    def remap_to_used(self, inds: torch.Tensor) -> torch.Tensor:
+        """Code indices ``(B, ...)`` to positions in ``used`` (first occurrence), via a lookup table."""
+        ishape = inds.shape
+        inds = inds.reshape(ishape[0], -1)  # (B, L)
+        used = self.used.to(inds)
+        in_range = (used >= 0) & (used < self.n_e)
+        table = torch.full((self.n_e,), -1, dtype=inds.dtype, device=inds.device)  # code -> position
+        positions = torch.arange(used.shape[0], dtype=inds.dtype, device=inds.device)
+        table.scatter_reduce_(0, used[in_range], positions[in_range], reduce="amin", include_self=False)
+        known_code = (inds >= 0) & (inds < self.n_e)
+        new = torch.where(known_code, table[inds.clamp(0, self.n_e - 1)], -1)
+        unknown = new < 0
+        if self.unknown_index == "random":
+            new[unknown] = torch.randint(0, self.re_embed, size=new[unknown].shape, device=new.device)
+        else:
+            new[unknown] = self.unknown_index
+        return new.reshape(ishape)
+
+    # -- forward ----------------------------------------------------------------------------
+
+    def nearest_codes(self, z: torch.Tensor) -> torch.Tensor:
+        """Indices ``(B, H, W)`` of the nearest codes of ``z`` ``(B, e_dim, H, W)``, read in place."""
+        return codebook_argmin(z.detach(), self.embedding.weight.detach(), precision=self.precision)
+
+    def usage(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(perplexity, counts)`` of code indices (any shape): counts by scatter-add, no one-hot."""
+        flat = indices.reshape(-1)
+        counts = torch.zeros(self.n_e, dtype=torch.int64, device=flat.device)
+        counts.scatter_add_(0, flat, torch.ones_like(flat))  # static shape, unlike bincount
+        probs = counts.to(torch.float32) / max(flat.numel(), 1)
+        perplexity = torch.exp(-torch.sum(probs * torch.log(probs + 1e-10)))
+        return perplexity, counts
+
+    def forward(self, z: torch.Tensor, temp=None, rescale_logits: bool = False, return_logits: bool = False):
+        if temp not in (None, 1.0) or rescale_logits or return_logits:
+            raise ValueError(
+                "temp, rescale_logits and return_logits exist only for interface compatibility "
+                "with the Gumbel quantizer and must keep their defaults"
+            )
+        self.check_input(z)
+        indices = self.nearest_codes(z)  # (B, H, W)
+        z_q = self.embedding(indices).permute(0, 3, 1, 2)  # (B, H, W, D) viewed as (B, D, H, W)
+        loss = self.codebook_loss(z_q, z)
+        # straight-through estimator; elementwise ops follow z's memory format (no permute copy)
+        z_q = z + (z_q - z).detach()
+        channels_last = z.is_contiguous(memory_format=torch.channels_last) and not z.is_contiguous()
+        z_q = z_q.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+        perplexity = None
+        if self.compute_usage:
+            with torch.no_grad():
+                perplexity, self.code_counts = self.usage(indices)
+
+        if self.remap is not None:
+            indices = self.remap_to_used(indices.reshape(z.shape[0], -1)).reshape(-1, 1)
+        if self.sane_index_shape:
+            indices = indices.reshape(z.shape[0], z.shape[2], z.shape[3])
+        elif self.remap is None:
+            indices = indices.reshape(-1)
+        return z_q, loss, (perplexity, None, indices)
+
+
+VectorQuantizer2 = VectorQuantizer
