@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from ._autocast import autocast_inputs
 from .. import _backend, _extension
 from .. import _validation as V
 from .._backend import op_backends
@@ -81,8 +82,11 @@ def padded_conv2d(
         padding: int or ``(left, right, top, bottom)``, each >= 0 (``F.pad`` order).
 
     Returns ``(N, C_out, (H + top + bottom - kH) // sH + 1, (W + left + right - kW) // sW + 1)``,
-    channels_last when ``x`` is.
+    channels_last when ``x`` is. Under ``torch.autocast`` the inputs are cast to the autocast
+    dtype first, as for ``F.conv2d``.
     """
+    if isinstance(x, torch.Tensor):
+        x, weight, bias = autocast_inputs(x.device, x, weight, bias)
     stride, padding = check_args(x, weight, bias, stride, padding)
     backend = BACKENDS.select(x.device, x.dtype)
     if backend.name == "reference" and _backend.forced_backend("padded_conv2d") is None:

@@ -21,6 +21,7 @@ import importlib
 import torch
 
 from .. import _backend
+from ._autocast import autocast_inputs
 from .. import _validation as V
 from .._backend import op_backends
 from ..reference import ops as reference
@@ -293,8 +294,11 @@ def spatial_attention(
 
     Returns ``(B, C, N)`` or ``(B, C, H, W)`` like ``q``, with ``q``'s innermost dimension
     (channels-last in, channels-last out). Differentiable in ``q``, ``k``, ``v``; no ``N x N``
-    memory on the fast backends.
+    memory on the fast backends. Under ``torch.autocast`` the inputs are cast to the autocast
+    dtype first, as for ``F.scaled_dot_product_attention``.
     """
+    if isinstance(q, torch.Tensor):
+        q, k, v = autocast_inputs(q.device, q, k, v)
     check_args(q, k, v, scale)
     backend = BACKENDS.select(q.device, q.dtype)
     return backend.fn(q, k, v, scale)
