@@ -128,12 +128,13 @@ def _add_projection(x, bias, left, right, gemm, gemm_) -> torch.Tensor:
     """``x + bias + left @ right`` with ``gemm(base, left, right)`` / ``gemm_`` (in place).
 
     Without autocast the product accumulates into a fresh ``x + bias`` inside the GEMM
-    (``beta = 1``, in place). Under autocast the GEMM runs in the autocast dtype, so the
+    (``beta = 1``, in place). Under autocast the GEMM runs out of place in the autocast dtype
+    (autocast casts no in-place op, and fp32 parameters would meet 16-bit activations), and the
     residual is added afterwards in ``x``'s dtype, as the reference's ``x + proj_out(h)``
-    (rounding ``x`` to 16 bits would lose what the reference keeps).
+    (rounding an fp32 ``x`` to 16 bits would lose what the reference keeps).
     """
     device_type = x.device.type
-    if torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) != x.dtype:
+    if torch.is_autocast_enabled(device_type):
         if bias is None:
             return x + gemm(x.new_zeros(()).expand_as(x), left, right, beta=0)
         return x + gemm(bias.expand_as(x), left, right)
