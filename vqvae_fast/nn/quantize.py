@@ -10,6 +10,10 @@ from ..ops.codebook_argmin import PRECISIONS, codebook_argmin
 from ..reference import quantize as reference
 
 
+# What forward and the index remapping read from a quantizer, under taming's names.
+REQUIRED_ATTRIBUTES = ("embedding", "n_e", "e_dim", "beta", "legacy", "remap", "sane_index_shape", "re_embed")
+
+
 class VectorQuantizer(reference.VectorQuantizer):
     r"""Replace each latent vector by its nearest codebook entry, as taming's ``VectorQuantizer2``.
 
@@ -76,16 +80,21 @@ class VectorQuantizer(reference.VectorQuantizer):
 
     @classmethod
     def from_reference(
-        cls, quantizer: reference.VectorQuantizer, *, precision: str = "ieee", compute_usage: bool = False
+        cls, quantizer: nn.Module, *, precision: str = "ieee", compute_usage: bool = False
     ) -> "VectorQuantizer":
         """A fast quantizer sharing ``quantizer``'s embedding (same Parameter) and buffers.
 
-        Nothing is copied: training either module trains both, and their state_dicts have the
-        same keys and tensors.
+        ``quantizer`` is a reference quantizer or any module with taming ``VectorQuantizer2``'s
+        attributes (taming's own, LDM's or CogView's copies). Nothing is copied: training either
+        module trains both, and their state_dicts have the same keys and tensors.
         """
-        if not isinstance(quantizer, reference.VectorQuantizer):
-            raise TypeError(
-                f"quantizer must be a vqvae_fast.reference.VectorQuantizer, got {type(quantizer).__name__}"
+        if not isinstance(quantizer, nn.Module):
+            raise TypeError(f"quantizer must be an nn.Module, got {type(quantizer).__name__}")
+        missing = [a for a in REQUIRED_ATTRIBUTES if not hasattr(quantizer, a)]
+        if missing or not isinstance(quantizer.embedding, nn.Embedding):
+            raise ValueError(
+                f"quantizer must have taming VectorQuantizer2's attributes (an nn.Embedding "
+                f"'embedding', {', '.join(REQUIRED_ATTRIBUTES[1:])}); missing: {missing or ['embedding']}"
             )
         fast = cls.__new__(cls)
         nn.Module.__init__(fast)
