@@ -144,14 +144,24 @@ def test_autocast_bf16_matches_reference_in_autocast():
 
 
 def test_triton_kernels_in_a_model(triton_device):
-    """Every fast block on the triton backend (the interpreter on CPU) against the reference."""
-    if triton_device != "cpu":
-        pytest.skip("the CUDA variant runs in test_fast_models_cuda")
-    slow = tiny_reference()
+    """Every fast block on the triton backend (the interpreter on CPU) against the reference,
+    forward and gradients (TF32 off: both sides then compute in full fp32)."""
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        _compare_model_and_gradients(triton_device)
+
+
+def _compare_model_and_gradients(triton_device):
+    slow = tiny_reference().to(triton_device)
     fast = vqvae_fast.accelerate(slow, inplace=False).model
-    x = torch.randn(1, 3, 16, 16)
-    with torch.no_grad():
-        torch.testing.assert_close(fast(x)[0], slow(x)[0], rtol=1e-3, atol=1e-3)
+    x = torch.randn(1, 3, 16, 16, device=triton_device)
+    dec_s, loss_s = slow(x)
+    dec_f, loss_f = fast(x)
+    torch.testing.assert_close(dec_f, dec_s, rtol=1e-3, atol=1e-3)
+    dec_s.square().mean().backward()
+    dec_f.square().mean().backward()
+    for (name, ps), pf in zip(slow.named_parameters(), fast.parameters()):
+        if ps.grad is not None:
+            torch.testing.assert_close(pf.grad, ps.grad, rtol=1e-2, atol=1e-4, msg=lambda m: f"{name}: {m}")
 
 
 @pytest.mark.skipif(not peers.have("taming"), reason="taming-transformers is not installed")

@@ -35,7 +35,7 @@ class ResnetBlock(blocks.ResnetBlock):
             h = h + self.temb_proj(F.silu(temb))[:, :, None, None]
         h = self.conv2(self.dropout(norm_act(self.norm2, h)))
         shortcut = self.shortcut(x)
-        if torch.result_type(h, shortcut) != h.dtype:  # e.g. fp32 input, bf16 convs under autocast
+        if torch.promote_types(h.dtype, shortcut.dtype) != h.dtype:  # fp32 input, bf16 convs (autocast)
             return shortcut + h
         # conv2's output is not saved for its backward, so adding in place is autograd-safe
         return h.add_(shortcut)
