@@ -7,8 +7,10 @@ Functional ops (each picks the best backend for its input; see ``info()``)::
     codebook_argmin(z, codebook, precision="ieee", return_distance=False)
     padded_conv2d(x, weight, bias=None, stride=1, padding=(0, 0, 0, 0))
 
-``vqvae_fast.reference`` holds the pure-PyTorch reference model and ops; ``use_backend(name)``
-forces a backend. Importing this package neither initialises CUDA nor needs triton or the
+Fast models with the reference's configs and state_dict keys: ``VQModel``, ``AutoencoderKL``,
+``Encoder``, ``Decoder``; ``accelerate(model)`` makes an existing taming / LDM / diffusers
+autoencoder fast in place. ``vqvae_fast.reference`` holds the pure-PyTorch reference model and
+ops; ``use_backend(name)`` forces a backend. Importing this package neither initialises CUDA nor needs triton or the
 compiled extension.
 """
 
@@ -18,8 +20,34 @@ from ._version import __version__
 from .info import info
 from .ops import codebook_argmin, group_norm_silu, padded_conv2d, spatial_attention
 
+# Imported on first use: they pull in every fast block.
+_LAZY = {
+    "accelerate": ("acceleration", "accelerate"),
+    "AutoencoderKL": ("models", "AutoencoderKL"),
+    "Decoder": ("models", "Decoder"),
+    "Encoder": ("models", "Encoder"),
+    "VQModel": ("models", "VQModel"),
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'vqvae_fast' has no attribute {name!r}")
+    import importlib
+
+    module, attr = _LAZY[name]
+    value = getattr(importlib.import_module(f".{module}", __name__), attr)
+    globals()[name] = value
+    return value
+
+
 __all__ = [
+    "AutoencoderKL",
     "BackendUnavailableError",
+    "Decoder",
+    "Encoder",
+    "VQModel",
+    "accelerate",
     "__version__",
     "codebook_argmin",
     "configs",

@@ -15,6 +15,8 @@ _EXPORTS = {
     "VectorQuantizer": "quantize",
     "VectorQuantizer2": "quantize",
     "Downsample": "downsample",
+    "ResnetBlock": "resnet",
+    "Upsample": "upsample",
 }
 
 __all__ = sorted(_EXPORTS)

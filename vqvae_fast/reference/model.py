@@ -44,6 +44,8 @@ class Encoder(nn.Module):
     downsample_block = blocks.Downsample
     norm_layer = staticmethod(blocks.Normalize)
     norm_act = staticmethod(blocks.norm_act)  # (norm module, x) -> swish(norm(x))
+    # Refuse inputs whose size the decoder could not restore (taming itself accepts them).
+    require_divisible_input = True
 
     def __init__(
         self,
@@ -126,7 +128,7 @@ class Encoder(nn.Module):
                 f"x must have {self.in_channels} channels (in_channels), got shape {tuple(x.shape)}"
             )
         f = self.downsampling_factor
-        if x.shape[2] % f or x.shape[3] % f:
+        if self.require_divisible_input and (x.shape[2] % f or x.shape[3] % f):
             raise ValueError(
                 f"x spatial size {tuple(x.shape[2:])} must be divisible by the downsampling "
                 f"factor {f} (2 ** (len(ch_mult) - 1))"
