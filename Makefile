@@ -15,6 +15,7 @@ setup: $(VENV)/.built
 $(VENV)/.deps: requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "torch==$(TORCH_VERSION)" -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps "taming-transformers-rom1504==0.0.6"
 	touch $@
 
 $(VENV)/.built: $(VENV)/.deps setup.py pyproject.toml $(EXT_SOURCES)
