@@ -242,7 +242,9 @@ def test_fast_model_provider_uses_vqvae_fast_vqmodel(monkeypatch):
 
     settings = runner.Settings(torch.device("cpu"), shapes="tiny", ops=("vqmodel",), modes=("forward",),
                                providers=("reference", "vqvae_fast"), target_s=0.01)
+    # a build without the fast model: neither imported nor importable on first use
     monkeypatch.delattr(vqvae_fast, "VQModel", raising=False)
+    monkeypatch.delitem(vqvae_fast._LAZY, "VQModel")
     rows = runner.Suite(settings, progress=False).run().rows
     assert [r["status"] for r in rows] == ["ok", "unavailable"]
 

@@ -131,8 +131,10 @@ def test_from_reference_shares_parameters_and_buffers():
     actual = fast(z)
     torch.testing.assert_close(actual[0], expected[0])
     assert torch.equal(actual[2][2], expected[2][2])
-    with pytest.raises(TypeError, match="quantizer must be a vqvae_fast.reference.VectorQuantizer"):
+    with pytest.raises(ValueError, match="quantizer must have taming VectorQuantizer2's attributes"):
         VectorQuantizer.from_reference(torch.nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="quantizer must be an nn.Module"):
+        VectorQuantizer.from_reference("quantizer")
 
 
 def test_is_a_drop_in():
