@@ -97,8 +97,8 @@ def compare(actual, expected) -> tuple[float, float]:
     return max_err, (diff_sq**0.5 / ref_sq**0.5 if ref_sq > 0 else diff_sq**0.5)
 
 
-def compile_fn(fn: Callable) -> Callable:
-    return torch.compile(fn, dynamic=False)
+def compile_fn(fn: Callable, mode: str | None = None) -> Callable:
+    return torch.compile(fn, dynamic=False, mode=mode)
 
 
 def public_backend(op: str, device: torch.device, dtype: torch.dtype) -> str:

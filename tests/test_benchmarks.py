@@ -119,9 +119,12 @@ def test_full_set_holds_every_shape_of_the_op_issues():
     for op, dims in ISSUE_SHAPES.items():
         for d in dims:
             assert (op, d) in full, (op, d)
-    stages = {s.param["stage"] for s in shapes.SHAPES if s.op == "vqmodel" and "full" in s.sets}
-    assert stages == {"encode", "decode", "forward"}
-    assert any(s.op == "vqmodel" and s.dims[1] == 1024 for s in shapes.SHAPES if "full" in s.sets)
+    # issue 8: the default config at 256x256 batch 8 in every stage, and 1024x1024 decodes with
+    # an f16 and an f8 config
+    models = {(s.param["config"], s.dims, s.param["stage"]) for s in shapes.SHAPES if s.op == "vqmodel" and "full" in s.sets}
+    f16 = "vqgan_imagenet_f16_16384"
+    assert {(f16, (8, 256), stage) for stage in ("encode", "decode", "forward")} <= models
+    assert {(f16, (1, 1024), "decode"), ("vq_f8", (1, 1024), "decode")} <= models
 
 
 def test_quick_cases_come_first_and_are_in_full():
