@@ -43,6 +43,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .gate import GateConfig
+
 #: value of a packed (key, index) slot before any candidate arrived (int64 max).
 EMPTY_SLOT = 2**63 - 1
 INT32_MAX = 2**31 - 1
@@ -399,14 +401,6 @@ def _launch(z, codebook, precision, return_distance, num_splits):
 # Compile gate
 
 
-def _gate_config_class():
-    try:  # the gate runs tests/compile_gate.py as a script, with tests/ on sys.path
-        from compile_gate import GateConfig
-    except ImportError:
-        from tests.compile_gate import GateConfig
-    return GateConfig
-
-
 _TRITON_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
@@ -452,7 +446,6 @@ def _main_gate_config(GateConfig, name, kind, dtype, layout, *, D=256, general=F
 
 def gate_configs() -> list:
     """Every kernel configuration the launcher can choose (main kernel per dot kind and layout)."""
-    GateConfig = _gate_config_class()
     f32, f16, bf16 = torch.float32, torch.float16, torch.bfloat16
     main = [  # (name, kind, dtype, layout, options)
         ("ieee fp32 rows", "ieee", f32, "rows", {}),

@@ -43,13 +43,15 @@ offsets are 64-bit.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
 from vqvae_fast.ops.group_norm_silu import output_memory_format
+
+from .gate import GateConfig
 
 # ----------------------------------------------------------------------------------------------
 # Kernels
@@ -781,29 +783,12 @@ _GATE_PROBLEMS_FULL = _GATE_PROBLEMS + [
 ] + [((2, 64, 8192, 8192), 32, ("channels_last",), (torch.float16,), True, True)]
 
 
-@dataclass
-class _GateConfig:
-    """The fields of the test suite's ``compile_gate.GateConfig`` (duck-typed: the library does
-    not import the tests)."""
-
-    name: str
-    kernel: object
-    signature: dict
-    constexprs: dict = field(default_factory=dict)
-    aligned: tuple = ()
-    num_warps: int = 4
-    num_stages: int = 3
-    tensor_cores: bool = False
-    wide_loads: bool = False
-    archs: tuple = ("sm_80", "sm_90a")
-
-
 #: kernels that stream x (and dy) and so must use 128-bit loads at aligned 16-bit shapes
 _STREAMING = ("_gn_fwd_fused_kernel", "_gn_fwd_partial_stats_kernel", "_gn_fwd_apply_kernel",
               "_gn_bwd_fused_kernel", "_gn_bwd_partial_kernel", "_gn_bwd_dx_kernel")
 
 
-def _gate_config(launch: Launch, aligned_shape: bool) -> _GateConfig:
+def _gate_config(launch: Launch, aligned_shape: bool) -> GateConfig:
     """What the JIT would compile for ``launch``: pointer types, ints marked 16-divisible where
     their value is (as the runtime specialises them), the launch's constexprs and warps."""
     fn = launch.kernel
@@ -827,7 +812,7 @@ def _gate_config(launch: Launch, aligned_shape: bool) -> _GateConfig:
     ones = [name for name in constexprs if name not in launch.constexprs]
     data_type = signature[fn.arg_names[0]][1:]  # x (or the partials) names the configuration
     wide = ",i64" if "i64" in signature.values() else ""
-    return _GateConfig(
+    return GateConfig(
         name=f"{fn.__name__}[{data_type},{flags},w{launch.num_warps}{wide}]"
         + (f"({'='.join(ones)}=1)" if ones else ""),
         kernel=fn, signature=signature, constexprs=constexprs, aligned=tuple(aligned),

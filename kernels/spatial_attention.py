@@ -40,6 +40,8 @@ import triton
 import triton.language as tl
 from triton.runtime.errors import OutOfResources
 
+from .gate import GateConfig
+
 LOG2E = math.log2(math.e)
 
 
@@ -458,12 +460,8 @@ def gate_configs() -> list:
     (the attention block's NCHW projection), and channels innermost with a ragged number of
     positions and channels (padded heads) -- plus the split-key forward, its combine step and
     the ``Delta`` kernel."""
-    import sys
-
     from . import spatial_attention_backward as bwd
 
-    gate = sys.modules.get("compile_gate") or sys.modules["__main__"]
-    GateConfig = gate.GateConfig
     layouts = {  # name -> (unit-stride suffix, EVEN_C, integers not 16-divisible)
         "positions innermost": ("n", True, ()),
         "channels innermost, ragged": ("c", False, ("N",)),

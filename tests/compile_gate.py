@@ -3,8 +3,8 @@
 Compiles kernels for sm_80 and sm_90a with no GPU present and reads the resulting cubin with the
 ``cuobjdump`` that triton ships: registers, shared memory, local memory (spills) and the SASS.
 
-A kernel module opts in by defining ``gate_configs()`` returning a list of :class:`GateConfig`,
-one per configuration its launcher can choose. Tests call :func:`run_gate` with the module's
+A kernel module opts in by defining ``gate_configs()`` returning a list of
+``vqvae_fast.kernels.gate.GateConfig``, one per configuration its launcher can choose. Tests call :func:`run_gate` with the module's
 name; the compilation runs in a subprocess because ``TRITON_INTERPRET=1`` (set for the rest of
 the test session) turns ``@triton.jit`` functions into interpreter objects that cannot be
 compiled. Run by hand: ``python tests/compile_gate.py vqvae_fast.kernels.group_norm_silu``.
@@ -19,32 +19,8 @@ import re
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field
 
-#: arch name -> (compute capability, shared memory per block in bytes)
-TARGETS = {"sm_80": (80, 163 * 1024), "sm_90a": (90, 227 * 1024)}
-
-
-@dataclass
-class GateConfig:
-    """One compilation of one kernel: what the launcher would pass at run time.
-
-    ``signature`` maps every argument name to its Triton type (``"*fp16"``, ``"i32"``,
-    ``"fp32"``, ``"constexpr"``); ``constexprs`` gives the constexpr values; ``aligned`` names the
-    pointer and integer arguments the runtime would mark 16-divisible at aligned shapes.
-    ``tensor_cores`` / ``wide_loads`` say what the SASS must contain.
-    """
-
-    name: str
-    kernel: object
-    signature: dict
-    constexprs: dict = field(default_factory=dict)
-    aligned: tuple = ()
-    num_warps: int = 4
-    num_stages: int = 3
-    tensor_cores: bool = False
-    wide_loads: bool = False
-    archs: tuple = tuple(TARGETS)
+from vqvae_fast.kernels.gate import TARGETS, GateConfig  # noqa: F401  (re-exported)
 
 
 def _cuobjdump() -> str:
