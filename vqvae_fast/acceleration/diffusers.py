@@ -15,7 +15,7 @@ from .. import nn as fast
 from .. import ops
 from ..nn._adopt import adopt
 from ..nn.resnet import norm_act
-from ..nn.upsample import upsample_conv
+from ..nn.upsample import upsample_then_conv
 from .rules import Rule, conv_problem, first_problem, group_norm_problem
 
 
@@ -82,7 +82,7 @@ class Upsample2D(nn.Module):
         if output_size is not None and tuple(output_size) != expected:
             up = F.interpolate(hidden_states, size=output_size, mode="nearest")
             return self.conv(up)
-        return upsample_conv(hidden_states, self.conv.weight, self.conv.bias)
+        return upsample_then_conv(hidden_states, self.conv.weight, self.conv.bias)
 
 
 # -- recognition -----------------------------------------------------------------------------------

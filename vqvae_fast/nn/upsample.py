@@ -6,6 +6,10 @@ image sees, per output phase, only 2x2 distinct input pixels. Along one axis, th
 transposed convolution with stride 2 and padding 1 (output ``2H``). In 2-D the folding is
 ``W'[o, c] = A w[o, c] Aᵀ`` with ``A`` below. This needs 4/9 of the multiply-adds and never
 materialises the 4x larger upsampled tensor.
+
+The fold pays off where the transposed convolution is a tuned kernel (cuDNN). On CPU, ATen
+runs transposed convolutions through im2col + GEMM, slower than interpolating and running its
+oneDNN convolution, so CPU tensors keep the two-step form.
 """
 
 from __future__ import annotations
@@ -40,8 +44,16 @@ def upsample_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     """``conv2d(interpolate(x, scale_factor=2, mode="nearest"), weight, bias, padding=1)``.
 
     Shapes: ``x`` ``(N, C_in, H, W)``, ``weight`` ``(C_out, C_in, 3, 3)`` -> ``(N, C_out, 2H, 2W)``.
+    Always the folded transposed convolution (see :func:`upsample_then_conv` for the choice).
     """
     return F.conv_transpose2d(x, fold_upsample_weight(weight), bias, stride=2, padding=1)
+
+
+def upsample_then_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The same result by the faster route for ``x``'s device: folded on CUDA, two steps elsewhere."""
+    if x.device.type == "cuda":
+        return upsample_conv(x, weight, bias)
+    return F.conv2d(F.interpolate(x, scale_factor=2.0, mode="nearest"), weight, bias, padding=1)
 
 
 class Upsample(blocks.Upsample):
@@ -55,4 +67,4 @@ class Upsample(blocks.Upsample):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.with_conv:
             return F.interpolate(x, scale_factor=2.0, mode="nearest")
-        return upsample_conv(x, self.conv.weight, self.conv.bias)
+        return upsample_then_conv(x, self.conv.weight, self.conv.bias)
