@@ -88,7 +88,7 @@ def local_version(setting: str, torch_version: str | None, cuda_version: str | N
 
 def git_commit() -> str | None:
     """``VQVAE_FAST_GIT_COMMIT``, else HEAD of the git checkout this file is the root of
-    (``-dirty`` appended when tracked files differ from it), else None."""
+    (``-dirty`` appended when the tree differs from it), else None."""
     commit = os.environ.get("VQVAE_FAST_GIT_COMMIT", "").strip()
     if commit:
         return commit
@@ -99,7 +99,7 @@ def git_commit() -> str | None:
         if top.returncode != 0 or os.path.realpath(top.stdout.strip()) != os.path.realpath(ROOT):
             return None  # not a checkout, or one that merely contains this source tree
         head = git("rev-parse", "HEAD").stdout.strip()
-        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+        dirty = git("status", "--porcelain").stdout.strip()  # new files are built too
     except (OSError, subprocess.SubprocessError):
         return None
     return (head + ("-dirty" if dirty else "")) or None

@@ -86,17 +86,18 @@ def compatibility_problems(
     problems = []
     built_torch = build.get("torch")
     if major_minor(built_torch) != major_minor(torch_version):
-        problems.append(f"torch {major_minor(built_torch)} (built against {built_torch}) != installed torch {torch_version}")
+        problems.append(f"torch: built against {built_torch}, installed {torch_version}")
     built_cuda = build.get("cuda")
     if built_cuda:
         if not torch_cuda:
-            problems.append(f"CUDA {built_cuda} (built with CUDA code) != installed torch without CUDA")
+            problems.append(f"CUDA: built with {built_cuda}, installed torch has none")
         elif major_minor(built_cuda) != major_minor(torch_cuda):
-            problems.append(f"CUDA {built_cuda} != installed torch's CUDA {torch_cuda}")
+            problems.append(f"CUDA: built with {built_cuda}, installed torch uses {torch_cuda}")
     built_abi = build.get("cxx11_abi")
     if built_abi is not None and torch_cxx11_abi is not None and bool(built_abi) != bool(torch_cxx11_abi):
         problems.append(
-            f"_GLIBCXX_USE_CXX11_ABI={int(bool(built_abi))} != installed torch's {int(bool(torch_cxx11_abi))}"
+            f"C++ ABI: built with _GLIBCXX_USE_CXX11_ABI={int(bool(built_abi))}, "
+            f"installed torch uses {int(bool(torch_cxx11_abi))}"
         )
     return problems
 
@@ -154,12 +155,14 @@ def mismatch() -> list[str]:
 
 def _mismatch_message(problems: list[str]) -> str:
     build = build_info() or {}
+    torch_version, torch_cuda, _ = _installed_torch()
     built_for = f"torch {major_minor(build.get('torch'))}" + (
         f" with CUDA {build['cuda']}" if build.get("cuda") else " without CUDA code"
     )
+    installed = f"torch {torch_version}" + (f" (CUDA {torch_cuda})" if torch_cuda else " (no CUDA)")
     return (
-        f"vqvae_fast._C was built for {built_for} (vqvae_fast {build.get('version')}) and does not "
-        f"match the installed torch: {'; '.join(problems)}. Install the wheel built for this torch, "
+        f"vqvae_fast {build.get('version')} was built for {built_for}, not for the installed "
+        f"{installed} ({'; '.join(problems)}). Install the wheel built for this torch, "
         f"vqvae_fast=={wheel_for_installed_torch()}, or build from source against it with "
         "`pip install --no-build-isolation .`"
     )
@@ -181,8 +184,8 @@ def _try_load() -> bool:
         # Never load a library built for another torch: a missing symbol is the mild outcome.
         _loaded, _reason, _mismatch = False, _mismatch_message(problems), problems
         warnings.warn(
-            f"vqvae_fast: {_reason}. The extension is not loaded; the ops that need it run on "
-            "their Triton or reference backends.",
+            f"vqvae_fast: {_reason}. Its compiled extension is not loaded; the ops that need it "
+            "run on their Triton or reference backends.",
             ExtensionMismatchWarning,
             stacklevel=4,
         )
