@@ -155,10 +155,10 @@ def with_build_info(build_ext_base, info: dict):
             if self.inplace:
                 write_build_info(in_place, info)
 
-        def get_outputs(self):
+        def get_outputs(self):  # build-tree paths (in place: the keys of the mapping below)
             outputs = list(super().get_outputs())
-            built, in_place = self._build_info_targets()
-            return outputs + [in_place if self.inplace else built]
+            built, _ = self._build_info_targets()
+            return outputs if built in outputs else outputs + [built]
 
         def get_output_mapping(self):
             mapping = dict(super().get_output_mapping())

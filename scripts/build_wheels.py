@@ -57,7 +57,8 @@ Build each CUDA version in PyTorch's manylinux_2_28 builder image for it
 which has that toolkit in ``/usr/local/cuda-X.Y``, CPython builds in ``/opt/python`` and glibc 2.28.
 Inside the container the command is this script, as here::
 
-    docker run --rm -v "$PWD":/src -w /src pytorch/manylinux2_28-builder:cuda12.8 \\
+    docker run --rm -v "$PWD":/src -w /src -e VQVAE_FAST_GIT_COMMIT="$(git rev-parse HEAD)" \\
+        pytorch/manylinux2_28-builder:cuda12.8 \\
         /opt/python/cp310-cp310/bin/python scripts/build_wheels.py build cu128:2.14.1 \\
         --python /opt/python/cp310-cp310/bin/python \\
         --torch-index-url 'https://download.pytorch.org/whl/{variant}' \\
