@@ -352,7 +352,8 @@ class Built:
     times: dict = field(default_factory=dict)
 
 
-def build_entry(entry: Entry, args, work: str, venvs: dict) -> Built:
+def build_entry(entry: Entry, args, work: str, venvs: dict, done: set) -> Built | None:
+    """Build one entry's wheel; None when a wheel with its label was built already (``done``)."""
     (find_cuda_home,) = setup_py_functions("find_cuda_home")
     times = {}
     start = time.monotonic()
@@ -421,6 +422,17 @@ def build_entry(entry: Entry, args, work: str, venvs: dict) -> Built:
     else:
         env["VQVAE_FAST_SKIP_CUDA"] = "1"
         log(f"cpu: torch {env_info['torch']}, no CUDA code, MAX_JOBS={env['MAX_JOBS']}")
+
+    override = os.environ.get("VQVAE_FAST_LOCAL_VERSION", "").strip()
+    fixed = override.lower() not in ("", "auto")
+    label = override if fixed else local_version_tag(env_info["torch"], cuda)
+    if label in done and fixed:
+        raise SystemExit(f"VQVAE_FAST_LOCAL_VERSION={override} would give two entries the same version; "
+                         "build one entry at a time, or unset it")
+    if label in done:
+        log(f"+{label} is built already (abi3: another Python gives the same wheel); {entry.describe()} skipped")
+        return None
+    done.add(label)
 
     source = tempfile.mkdtemp(prefix="src-", dir=work)
     copy_source(source)
@@ -706,14 +718,13 @@ def cmd_build(args) -> int:
     work = args.work_dir or tempfile.mkdtemp(prefix="vqvae-fast-wheels-")
     os.makedirs(work, exist_ok=True)
     venvs: dict = {}
+    done: set = set()
     built: list[Built] = []
     try:
         for entry in entries:
             log(f"=== {entry.describe()}")
-            result = build_entry(entry, args, work, venvs)
-            name = os.path.basename(result.wheel)
-            if any(os.path.basename(b.wheel) == name for b in built):
-                log(f"{name} was built already (abi3: the Python version does not change the wheel); skipped")
+            result = build_entry(entry, args, work, venvs, done)
+            if result is None:
                 continue
             if not args.no_check:
                 start = time.monotonic()

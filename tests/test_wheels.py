@@ -10,7 +10,6 @@ enables the tests that read the built wheels.
 
 from __future__ import annotations
 
-import ast
 import importlib.util
 import json
 import os
