@@ -159,10 +159,10 @@ def _mismatch_message(problems: list[str]) -> str:
     built_for = f"torch {major_minor(build.get('torch'))}" + (
         f" with CUDA {build['cuda']}" if build.get("cuda") else " without CUDA code"
     )
-    installed = f"torch {torch_version}" + (f" (CUDA {torch_cuda})" if torch_cuda else " (no CUDA)")
+    installed = torch_version + (f" with CUDA {torch_cuda}" if torch_cuda else " without CUDA")
     return (
-        f"vqvae_fast {build.get('version')} was built for {built_for}, not for the installed "
-        f"{installed} ({'; '.join(problems)}). Install the wheel built for this torch, "
+        f"vqvae_fast {build.get('version')} was built for {built_for}, but the installed torch is "
+        f"{installed} [{'; '.join(problems)}]. Install the wheel built for this torch, "
         f"vqvae_fast=={wheel_for_installed_torch()}, or build from source against it with "
         "`pip install --no-build-isolation .`"
     )
