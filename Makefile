@@ -1,4 +1,5 @@
 # Two entry points, each doing its own set-up: `make bench` (the main job) and `make test`.
+# `make wheels WHEELS="cu130 cpu:2.13.0"` builds, checks and smoke-tests wheels (scripts/build_wheels.py).
 # Set-up is idempotent: a virtual environment in $(VENV) with torch $(TORCH_VERSION) and the
 # project installed in editable mode (compiling vqvae_fast._C), redone only when inputs change.
 
@@ -8,7 +9,9 @@ TORCH_VERSION ?= 2.14.1
 PY := $(VENV)/bin/python
 EXT_SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cuda/*.cu csrc/cuda/*.cuh csrc/cuda/*.h)
 
-.PHONY: setup bench test info clean
+WHEELS ?= auto
+
+.PHONY: setup bench test info wheels clean
 
 setup: $(VENV)/.built
 
@@ -31,5 +34,8 @@ test: setup
 info: setup
 	$(PY) -m vqvae_fast info
 
+wheels: setup
+	$(PY) scripts/build_wheels.py build $(WHEELS) --python $(PY) --out wheelhouse $(ARGS)
+
 clean:
-	rm -rf build *.egg-info vqvae_fast/_C*.so $(VENV)/.built
+	rm -rf build *.egg-info vqvae_fast/_C*.so vqvae_fast/_build_info.json wheelhouse $(VENV)/.built

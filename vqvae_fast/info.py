@@ -1,4 +1,8 @@
-"""``vqvae_fast.info()``: what this installation has and which backend each op will use."""
+"""``vqvae_fast.info()``: what this installation has and which backend each op will use.
+
+Besides versions and devices it reports what the compiled extension was built against (the
+wheel's ``_build_info.json``), whether that fits the installed torch, and which wheel does.
+"""
 
 from __future__ import annotations
 
@@ -50,7 +54,12 @@ def info() -> dict:
             "loaded": ext_reason is None,
             "reason": ext_reason,
             "cuda_code": ext_reason is None and _extension.status(need_cuda=True) is None,
+            # versions in which the build differs from the installed torch ([] when it fits)
+            "mismatch": _extension.mismatch(),
+            "wheel_for_this_torch": _extension.wheel_for_installed_torch(),
         },
+        # what the compiled extension was built against (_build_info.json; None if never built)
+        "build": _extension.build_info(),
         "forced_backend": _backend.forced_backend("*"),
         "ops": ops,
     }
@@ -67,7 +76,19 @@ def format_info(report: dict) -> str:
                          f"{gpu['memory_gib']} GiB, {gpu['sms']} SMs")
     else:
         lines.append("gpu        none visible to torch")
+    build = report["build"]
+    if build and "error" not in build:
+        archs = ";".join(build.get("cuda_archs") or []) or "-"
+        cuda = f"CUDA {build['cuda']} (archs {archs})" if build.get("cuda") else "no CUDA code"
+        lines.append(f"build      {build.get('version')} for torch {build.get('torch')}, {cuda}, "
+                     f"commit {build.get('git_commit') or 'unknown'}, {build.get('build_date')}")
+    elif build:
+        lines.append(f"build      record unreadable: {build['error']}")
     ext = report["extension"]
+    for problem in ext["mismatch"]:
+        lines.append(f"mismatch   {problem}")
+    if ext["mismatch"] or (ext["loaded"] and not ext["cuda_code"] and report["torch_cuda"]):
+        lines.append(f"wheel      the one for this torch: vqvae_fast=={ext['wheel_for_this_torch']}")
     if ext["loaded"]:
         lines.append("extension  vqvae_fast._C loaded" + (" with CUDA code" if ext["cuda_code"] else " (CPU only)"))
     else:
