@@ -124,7 +124,7 @@ def _codebook_argmin_kernel(
     pid = tl.program_id(0)
     row_block = pid // num_splits
     split = pid - row_block * num_splits
-    block_start = row_block * BLOCK_N
+    block_start = row_block.to(tl.int64) * BLOCK_N  # 64-bit: N may exceed 2^31 rows
     rows = block_start + tl.arange(0, BLOCK_N)
     row_mask = rows < N
     row_off = _row_offsets(rows, block_start, HW, W, stride_zb, stride_zh, stride_zw,
@@ -207,7 +207,7 @@ def _finalize_kernel(
     ``sum_d (z_d - e_{k,d})^2`` (ties: lower index). ``WITH_DISTANCE``: store that distance.
     """
     pid = tl.program_id(0)
-    block_start = pid * BLOCK_N
+    block_start = pid.to(tl.int64) * BLOCK_N
     rows = block_start + tl.arange(0, BLOCK_N)
     row_mask = rows < N
     index = tl.load(best_ptr + rows, mask=row_mask, other=0) & 0xFFFFFFFF
