@@ -44,7 +44,7 @@ def check_args(q, k, v, scale) -> None:
     if q.shape[1] == 0:
         raise ValueError(f"q must have at least one channel (the head size C), got shape {tuple(q.shape)}")
     if scale is not None:
-        V.check_float("scale", scale, positive=True)
+        V.check_float("scale", scale, positive=True, finite=True)
 
 
 # ----------------------------------------------------------------------------------------------
