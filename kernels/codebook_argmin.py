@@ -161,7 +161,9 @@ def _codebook_argmin_kernel(
                 acc = tl.dot(zt.to(tl.float32), et.to(tl.float32), acc, input_precision="tf32")
             else:  # fp16 / bf16 operands: exact products, fp32 accumulation
                 acc = tl.dot(zt, et, acc)
-        dist = enorm[None, :] - 2.0 * acc  # (BLOCK_N, BLOCK_K)
+        # NaN distances (NaN or infinite inputs) become -inf, the smallest: torch.argmin's rule
+        # (a NaN is the minimum, ties to the lowest index) under an ordered comparison
+        dist = tl.maximum(enorm[None, :] - 2.0 * acc, float("-inf"))  # (BLOCK_N, BLOCK_K)
 
         # best of the tile, ties to the lowest code
         tile_min = tl.min(dist, axis=1)
@@ -235,6 +237,7 @@ def _finalize_kernel(
                 dist_other += tl.sum(diff2 * diff2, axis=1)
         if RERANK:
             switch = (dist_other < dist) | ((dist_other == dist) & (other < index))
+            switch = switch & (dist < float("inf"))  # a best from NaN / infinite inputs stays
             index = tl.where(switch, other, index)
             dist = tl.where(switch, dist_other, dist)
         if WITH_DISTANCE:
