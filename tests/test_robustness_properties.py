@@ -151,7 +151,7 @@ def group_norm_problems(draw, backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @given(data=st.data())
-@bounded(20)
+@bounded(40)
 def test_group_norm_silu_property(backend, data):
     x, groups, weight, bias, eps, activation = data.draw(group_norm_problems(backend))
     dy = values(x.shape, x.dtype, 1.0, seed=7)
@@ -173,7 +173,7 @@ def split_path_choices(draw):
 
 @pytest.mark.skipif(not _triton_available(), reason="Triton on CPU tensors needs its interpreter")
 @given(data=st.data())
-@bounded(15)
+@bounded(25)
 def test_group_norm_split_path_property(data):
     """The split kernels (many programs per group) with tiny tiles and chunks: every chunking."""
     from vqvae_fast.kernels import group_norm_silu as K
@@ -225,7 +225,7 @@ def attention_problems(draw, backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @given(data=st.data())
-@bounded(25)
+@bounded(50)
 def test_spatial_attention_property(backend, data):
     q, k, v, scale = data.draw(attention_problems(backend))
     dy = values(q.shape, q.dtype, 1.0, seed=9)
@@ -289,7 +289,7 @@ def argmin_problems(draw):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @given(data=st.data())
-@bounded(40)
+@bounded(80)
 def test_codebook_argmin_property(backend, data):
     z, codebook, precision = data.draw(argmin_problems())
     with vqvae_fast.use_backend(backend):
@@ -329,7 +329,7 @@ def stride_pair(stride):
 
 
 @given(data=st.data())
-@bounded(40)
+@bounded(80)
 def test_padded_conv2d_property(data):
     from vqvae_fast import _extension
 
