@@ -126,7 +126,7 @@ def _codebook_argmin_kernel(
     pid = tl.program_id(0)
     row_block = pid // num_splits
     split = pid - row_block * num_splits
-    block_start = row_block * BLOCK_N
+    block_start = row_block.to(tl.int64) * BLOCK_N  # 64-bit: N may exceed 2^31 rows
     rows = block_start + tl.arange(0, BLOCK_N)
     row_mask = rows < N
     row_off = _row_offsets(rows, block_start, HW, W, stride_zb, stride_zh, stride_zw,
@@ -163,7 +163,9 @@ def _codebook_argmin_kernel(
                 acc = tl.dot(zt.to(tl.float32), et.to(tl.float32), acc, input_precision="tf32")
             else:  # fp16 / bf16 operands: exact products, fp32 accumulation
                 acc = tl.dot(zt, et, acc)
-        dist = enorm[None, :] - 2.0 * acc  # (BLOCK_N, BLOCK_K)
+        # NaN distances (NaN or infinite inputs) become -inf, the smallest: torch.argmin's rule
+        # (a NaN is the minimum, ties to the lowest index) under an ordered comparison
+        dist = tl.maximum(enorm[None, :] - 2.0 * acc, float("-inf"))  # (BLOCK_N, BLOCK_K)
 
         # best of the tile, ties to the lowest code
         tile_min = tl.min(dist, axis=1)
@@ -209,7 +211,7 @@ def _finalize_kernel(
     ``sum_d (z_d - e_{k,d})^2`` (ties: lower index). ``WITH_DISTANCE``: store that distance.
     """
     pid = tl.program_id(0)
-    block_start = pid * BLOCK_N
+    block_start = pid.to(tl.int64) * BLOCK_N
     rows = block_start + tl.arange(0, BLOCK_N)
     row_mask = rows < N
     index = tl.load(best_ptr + rows, mask=row_mask, other=0) & 0xFFFFFFFF
@@ -237,6 +239,7 @@ def _finalize_kernel(
                 dist_other += tl.sum(diff2 * diff2, axis=1)
         if RERANK:
             switch = (dist_other < dist) | ((dist_other == dist) & (other < index))
+            switch = switch & (dist < float("inf"))  # a best from NaN / infinite inputs stays
             index = tl.where(switch, other, index)
             dist = tl.where(switch, dist_other, dist)
         if WITH_DISTANCE:

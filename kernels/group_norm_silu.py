@@ -564,9 +564,15 @@ def _chunking(N: int, C: int, S: int, block_c: int, block_s: int, num_sms: int, 
     return chunk, triton.cdiv(S, chunk)
 
 
-def _check_sizes(N: int, C: int, S: int) -> None:
-    if max(N, C, S) >= 2**31:
-        raise ValueError(f"group_norm_silu kernels index N, C and S with 32 bits, got {(N, C, S)}")
+def _check_sizes(N: int, C: int, S: int, G: int) -> None:
+    """The kernels index samples, channels and positions with 32 bits and step up to one block
+    or chunk past the last (loop increments, the last chunk's end), so each must stay below
+    2^30; programs ``n * G + g`` and group indices are 32-bit too, so ``N * G < 2^31``."""
+    if max(N, C, S) >= 2**30 or N * G >= 2**31:
+        raise ValueError(
+            f"group_norm_silu kernels index with 32 bits: need N, C and S below 2^30 and "
+            f"N * num_groups below 2^31, got (N, C, S) = {(N, C, S)}, num_groups = {G}"
+        )
 
 
 @dataclass
@@ -608,7 +614,7 @@ def plan_forward(
     S = math.prod(x.shape[2:])
     G = num_groups
     CPG = C // G
-    _check_sizes(N, C, S)
+    _check_sizes(N, C, S, G)
     x, channels_last, memory_format = _prepare(x, memory_format)
     y = _empty(x, memory_format)
     mean = torch.zeros((N, G), dtype=torch.float32, device=x.device)
@@ -683,7 +689,7 @@ def plan_backward(
     S = math.prod(x.shape[2:])
     G = num_groups
     CPG = C // G
-    _check_sizes(N, C, S)
+    _check_sizes(N, C, S, G)
     x, channels_last, memory_format = _prepare(x, memory_format)
     sdy = _view(dy, channels_last)
     if sdy is None:  # the one explicit copy: dy laid out unlike x (e.g. expanded by a sum)

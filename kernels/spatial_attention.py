@@ -322,6 +322,29 @@ def in_kernel_layout(t: torch.Tensor) -> bool:
     return sc == 1 and sn % 16 == 0
 
 
+#: Most rows past ``N`` any kernel forms before masking them: its largest block of queries or keys.
+MAX_BLOCK = 128
+
+
+def check_image_offsets(head: int, **tensors: torch.Tensor) -> None:
+    """Refuse ``(B, C, N)`` tensors whose offsets within one image do not fit in 32 bits.
+
+    The kernels keep the image offset (``b * stride_b``) 64-bit in the scalar base pointer and
+    form offsets inside an image in 32 bits (fewer registers), up to
+    ``(max(HEAD, 32) - 1) * stride_c + (N + MAX_BLOCK) * stride_n`` counting the masked rows and
+    channel blocks past the ends; past 2^31 they would wrap and address another image's data.
+    """
+    for name, t in tensors.items():
+        _, stride_c, stride_n = _strides(t)
+        reach = (max(head, 32) - 1) * abs(stride_c) + (t.shape[2] + MAX_BLOCK) * abs(stride_n)
+        if reach >= 2**31:
+            raise ValueError(
+                f"spatial_attention kernels address one image of {name} with 32-bit offsets: shape "
+                f"{tuple(t.shape)} with strides {tuple(t.stride())} reaches offset {reach} >= 2^31 "
+                "(keep channels x positions of one image below about 2^31)"
+            )
+
+
 def padded_channels(channels: int) -> int:
     return -(-channels // 16) * 16
 
@@ -369,6 +392,7 @@ def forward(
     channels = padded_channels(q.shape[1])
     q, k, v = (kernel_input(t, channels) for t in (q, k, v))
     target = kernel_output(out, channels)
+    check_image_offsets(head, q=q, k=k, v=v, out=target)
     key = (head, capability)
     for index in range(_FIRST_WORKING.get(key, 0), len(configs)):
         try:
@@ -411,6 +435,7 @@ def _launch_forward(cfg: ForwardConfig, q, k, v, out, lse, scale, splits, proces
         )
         return
     part = q.new_empty((splits, batch, n, channels), dtype=torch.float32).transpose(2, 3)
+    check_image_offsets(head, out=part[0])
     part_lse = torch.empty((splits, batch, n), device=q.device, dtype=torch.float32)
     _forward_kernel[grid](
         q, k, v, part, part_lse, *_strides(q), *_strides(k), *_strides(v),

@@ -33,8 +33,8 @@ import triton
 import triton.language as tl
 
 from .spatial_attention import (
-    LOG2E, _mm, _strides, choose_splits, device_facts, head_size, kernel_input, kernel_output, needs_upcast,
-    padded_channels,
+    LOG2E, _mm, _strides, check_image_offsets, choose_splits, device_facts, head_size, kernel_input, kernel_output,
+    needs_upcast, padded_channels,
 )
 
 
@@ -282,6 +282,7 @@ def backward(
     if configs is None:
         raise ValueError(f"no backward kernel configuration for head size {channels} on sm_{capability}")
     kv_cfg, q_cfg = configs
+    check_image_offsets(head, out=out, grad_out=grad_out)
     delta = torch.empty((batch, n), device=q.device, dtype=torch.float32)
     block_p = 64
     _delta_kernel[(triton.cdiv(n, block_p), batch)](
@@ -292,6 +293,7 @@ def backward(
     channels = padded_channels(channels)
     q, k, v, grad_out = (kernel_input(t, channels) for t in (q, k, v, grad_out))
     targets = [kernel_output(t, channels) for t in (dq, dk, dv)]
+    check_image_offsets(head, q=q, k=k, v=v, grad_out=grad_out, dq=targets[0], dk=targets[1], dv=targets[2])
     common = dict(HEAD=head, EVEN_C=channels == head, PRECISION="tf32", UPCAST=needs_upcast(q))
     inputs = (*_strides(q), *_strides(k), *_strides(v), *_strides(grad_out))
     _dkdv_kernel[(triton.cdiv(n, kv_cfg.block_n), batch)](
@@ -306,6 +308,7 @@ def backward(
     dq_out = targets[0]
     if splits > 1:  # fp32 partial sums over key ranges, added below
         dq_out = q.new_empty((splits, batch, n, channels), dtype=torch.float32).transpose(2, 3)
+        check_image_offsets(head, dq=dq_out[0])
     _dq_kernel[(m_blocks, batch, splits)](
         q, k, v, grad_out, lse, delta, dq_out, *inputs, *_strides(dq_out[0] if splits > 1 else dq_out),
         dq_out.stride(0) if splits > 1 else 0, n, channels, keys_per_split, scale, scale * LOG2E,

@@ -106,8 +106,9 @@ def check_int_tuple(name: str, value, length: int, *, min_value: int | None = No
     return tuple(value)
 
 
-def check_float(name: str, value, *, positive: bool = False) -> float:
-    """A real number (Python or 0-dim tensor not accepted: kernels take it by value)."""
+def check_float(name: str, value, *, positive: bool = False, finite: bool = False) -> float:
+    """A real number (Python or 0-dim tensor not accepted: kernels take it by value); never NaN,
+    ``> 0`` if ``positive``, not infinite if ``finite``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a float, got {type(value).__name__}")
     value = float(value)
@@ -115,6 +116,8 @@ def check_float(name: str, value, *, positive: bool = False) -> float:
         raise ValueError(f"{name} must not be NaN")
     if positive and not value > 0:
         raise ValueError(f"{name} must be > 0, got {value}")
+    if finite and value in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be finite, got {value}")
     return value
 
 
@@ -135,4 +138,31 @@ def check_no_grad(name: str, value: torch.Tensor, op: str) -> None:
         raise ValueError(
             f"{name} requires grad, but {op} is not differentiable; "
             f"pass {name}.detach() or run under torch.no_grad()"
+        )
+
+
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # a device type autocast does not know (meta)
+        return False
+
+
+def check_matches_module(name: str, value: torch.Tensor, module: torch.nn.Module, *, dtype: bool = True) -> None:
+    """``value`` is on the device of ``module``'s parameters and, with ``dtype``, has their dtype
+    unless autocast is on for its device. PyTorch's layers need both but would report a layer's
+    weight in a ``RuntimeError``; this names the argument. A module without parameters passes."""
+    param = next(module.parameters(), None)
+    if param is None:
+        return
+    owner = type(module).__name__
+    if value.device != param.device:
+        raise ValueError(
+            f"{name} is on {value.device} but the {owner}'s parameters are on {param.device}; "
+            "move one to the other's device"
+        )
+    if dtype and value.dtype != param.dtype and not _autocast_on(value.device.type):
+        raise TypeError(
+            f"{name} has dtype {value.dtype} but the {owner}'s parameters have dtype {param.dtype}; "
+            "convert one to the other's dtype, or run under torch.autocast"
         )

@@ -7,6 +7,9 @@ convolution, folded upsampling, fused codebook argmin).
 
 from __future__ import annotations
 
+import torch
+
+from . import _validation as V
 from . import nn as fast
 from .reference import autoencoder, model
 from .nn.resnet import norm_act
@@ -19,6 +22,10 @@ class Encoder(model.Encoder):
     downsample_block = fast.Downsample
     norm_act = staticmethod(norm_act)
 
+    def check_input(self, x: torch.Tensor) -> None:
+        super().check_input(x)
+        V.check_matches_module("x", x, self)  # before conv_in, which would name its weight
+
 
 class Decoder(model.Decoder):
     __doc__ = model.Decoder.__doc__
@@ -27,6 +34,10 @@ class Decoder(model.Decoder):
     upsample_block = fast.Upsample
     norm_act = staticmethod(norm_act)
 
+    def check_input(self, z: torch.Tensor) -> None:
+        super().check_input(z)
+        V.check_matches_module("z", z, self)
+
 
 class VQModel(autoencoder.VQModel):
     __doc__ = autoencoder.VQModel.__doc__
@@ -34,8 +45,18 @@ class VQModel(autoencoder.VQModel):
     decoder_cls = Decoder
     quantizer_cls = fast.VectorQuantizer
 
+    def decode(self, quant: torch.Tensor) -> torch.Tensor:
+        V.check_tensor("quant", quant, ndim=4)
+        V.check_matches_module("quant", quant, self.post_quant_conv)
+        return super().decode(quant)
+
 
 class AutoencoderKL(autoencoder.AutoencoderKL):
     __doc__ = autoencoder.AutoencoderKL.__doc__
     encoder_cls = Encoder
     decoder_cls = Decoder
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        V.check_tensor("z", z, ndim=4)
+        V.check_matches_module("z", z, self.post_quant_conv)
+        return super().decode(z)

@@ -82,6 +82,7 @@ class AttnBlock(nn.Module):
         batch, channels, height, width = x.shape
         if channels != self.in_channels:
             raise ValueError(f"x must have {self.in_channels} channels, got shape {tuple(x.shape)}")
+        V.check_matches_module("x", x, self)
         n = height * width
         norm = self.norm
         h = ops.group_norm_silu(x, norm.num_groups, norm.weight, norm.bias, norm.eps, activation=None)

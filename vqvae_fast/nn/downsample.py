@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import _validation as V
 from ..ops.padded_conv2d import padded_conv2d
 from ..reference.blocks import DOWNSAMPLE_PADDING
 
@@ -55,7 +56,9 @@ class Downsample(nn.Module):
         return fast
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        V.check_tensor("x", x, ndim=4)
         if self.with_conv:
+            V.check_matches_module("x", x, self)
             return padded_conv2d(x, self.conv.weight, self.conv.bias, stride=2, padding=DOWNSAMPLE_PADDING)
         return F.avg_pool2d(x, kernel_size=2, stride=2)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .. import _validation as V
 from .. import ops
 from ..reference import blocks
 from ._adopt import adopt
@@ -30,6 +31,12 @@ class ResnetBlock(blocks.ResnetBlock):
         return adopt(block, cls)
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
+        V.check_tensor("x", x, ndim=4)
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"x must have {self.in_channels} channels, got shape {tuple(x.shape)}")
+        V.check_matches_module("x", x, self)
+        if temb is not None and not hasattr(self, "temb_proj"):
+            raise ValueError("temb was given but this block has no temb_proj (built with temb_channels=0)")
         h = self.conv1(norm_act(self.norm1, x))
         if temb is not None:
             h = h + self.temb_proj(F.silu(temb))[:, :, None, None]

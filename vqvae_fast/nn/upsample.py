@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .. import _validation as V
 from ..reference import blocks
 from ._adopt import adopt
 
@@ -65,6 +66,12 @@ class Upsample(blocks.Upsample):
         return adopt(block, cls)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        V.check_tensor("x", x, ndim=4)
+        if self.with_conv:
+            channels = self.conv.weight.shape[1]
+            if x.shape[1] != channels:
+                raise ValueError(f"x must have {channels} channels, got shape {tuple(x.shape)}")
+            V.check_matches_module("x", x, self)
         if not self.with_conv:
             return F.interpolate(x, scale_factor=2.0, mode="nearest")
         return upsample_then_conv(x, self.conv.weight, self.conv.bias)

@@ -61,6 +61,8 @@ def _row_blocks(z: torch.Tensor, rows: int) -> Iterator[tuple[int, torch.Tensor]
         return
     B, D, H, W = z.shape
     HW = H * W
+    if B * HW == 0:
+        return  # no rows (and no H * W to divide by)
     positions = z.permute(0, 2, 3, 1)  # (B, H, W, D) view
     if HW >= rows:
         for b in range(B):

@@ -43,6 +43,8 @@ def check_args(x, weight, bias, stride, padding) -> tuple[tuple[int, int], tuple
             f"weight expects {weight.shape[1]} input channels (weight.shape[1]) but x has "
             f"{x.shape[1]} (x.shape[1])"
         )
+    if weight.shape[2] < 1 or weight.shape[3] < 1:
+        raise ValueError(f"weight must have a kernel of at least 1x1, got shape {tuple(weight.shape)}")
     if bias is not None:
         V.check_shape("bias", bias, (weight.shape[0],))
     V.check_same_device(x=x, weight=weight, bias=bias)
