@@ -55,9 +55,12 @@ def spatial_attention(
     """
     shape = q.shape
     batch, channels = shape[0], shape[1]
-    q = q.reshape(batch, channels, -1)  # (B, C, N)
-    k = k.reshape(batch, channels, -1)  # (B, C, N)
-    v = v.reshape(batch, channels, -1)  # (B, C, N)
+    positions = 1
+    for size in shape[2:]:
+        positions *= size  # N (explicit: a -1 cannot be inferred when B or C is 0)
+    q = q.reshape(batch, channels, positions)  # (B, C, N)
+    k = k.reshape(batch, channels, positions)  # (B, C, N)
+    v = v.reshape(batch, channels, positions)  # (B, C, N)
     if scale is None:
         scale = channels**-0.5
     logits = torch.bmm(q.transpose(1, 2) * scale, k)  # (B, N_q, N_k)
