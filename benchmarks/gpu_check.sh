@@ -111,7 +111,7 @@ if [ -z "$SANITIZER" ] && [ -x /usr/local/cuda/bin/compute-sanitizer ]; then
     SANITIZER=/usr/local/cuda/bin/compute-sanitizer
 fi
 if [ -n "$SANITIZER" ]; then
-    stage sanitizer 80 130 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SANITIZER" --tool memcheck \
+    stage sanitizer 100 130 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SANITIZER" --tool memcheck \
         --error-exitcode 99 --print-limit 20 --report-api-errors no \
         "$PY" -m vqvae_fast.benchmarks.sanitize
 else
