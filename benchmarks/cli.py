@@ -133,7 +133,7 @@ def _run(args) -> int:
     planned = plan(settings)
     if args.list:
         for case, providers in planned:
-            from .definitions import all_benches
+            from .registry import all_benches
 
             bench = all_benches()[case.op]
             print(f"{case.op:<18} {bench.describe(case.shape):<26} {case.dtype:<5} {case.format:<13} "

@@ -28,7 +28,7 @@ def bench_device(config) -> torch.device:
 def pytest_generate_tests(metafunc):
     if "bench_case" not in metafunc.fixturenames:
         return
-    from vqvae_fast.benchmarks.definitions import all_benches
+    from vqvae_fast.benchmarks.registry import all_benches
     from vqvae_fast.benchmarks.runner import Settings, plan
 
     config = metafunc.config

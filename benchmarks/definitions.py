@@ -402,10 +402,3 @@ class PaddedConv2d(OpBench):
             backend = public_backend(self.name, x.device, x.dtype)
             return Runner(lambda: vqvae_fast.padded_conv2d(x, w, b, stride, padding), [x, w, b], backend)
         raise ProviderUnavailable(f"no provider {provider!r} for {self.name}")
-
-
-def all_benches() -> dict[str, OpBench]:
-    from .end_to_end import VQModelBench
-
-    benches = [GroupNormSiLU(), SpatialAttention(), CodebookArgmin(), PaddedConv2d(), VQModelBench()]
-    return {b.name: b for b in benches}

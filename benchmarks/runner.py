@@ -20,7 +20,8 @@ from typing import Callable
 import torch
 
 from . import formulas
-from .definitions import OpBench, ProviderUnavailable, all_benches, make_generator
+from .definitions import OpBench, ProviderUnavailable, make_generator
+from .registry import all_benches
 from .device import Peaks, environment
 from .shapes import OPS, Case, build_cases
 from .timing import L2Flusher, peak_memory, synchronize, time_cpu, time_cuda

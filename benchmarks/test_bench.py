@@ -9,7 +9,8 @@ exist here is skipped; one that raises fails its test.
 import pytest
 
 from vqvae_fast.benchmarks import formulas
-from vqvae_fast.benchmarks.definitions import ProviderUnavailable, all_benches, make_generator
+from vqvae_fast.benchmarks.definitions import ProviderUnavailable, make_generator
+from vqvae_fast.benchmarks.registry import all_benches
 from vqvae_fast.benchmarks.runner import CaseState, make_call
 from vqvae_fast.benchmarks.timing import L2Flusher, synchronize
 

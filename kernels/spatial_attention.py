@@ -477,32 +477,35 @@ def gate_signature(
     return signature, constexprs, tuple(aligned)
 
 
+#: gate layouts: name -> (unit-stride suffix, EVEN_C, integers not 16-divisible). The two layouts
+#: :func:`friendly` lets through: positions innermost at aligned sizes (the attention block's
+#: NCHW projection), and channels innermost with a ragged number of positions and channels.
+GATE_LAYOUTS = {
+    "positions innermost": ("n", True, ()),
+    "channels innermost, ragged": ("c", False, ("N",)),
+}
+GATE_HEADS = (64, 128, 256, 512)  # the largest padded head size of each tile configuration
+
+
+def gate_config(name, kernel, pointers, floats, constexprs, suffix, unaligned, cfg, arch, units=None) -> GateConfig:
+    """One tensor-core kernel configuration, compiled for ``arch`` only (the one that picks it)."""
+    if units is None:
+        units = tuple(a for a in kernel.arg_names if a.startswith("stride_") and a.endswith(suffix))
+    sig, cx, aligned = gate_signature(kernel, pointers, floats, constexprs, units, unaligned)
+    return GateConfig(name, kernel, sig, cx, aligned, cfg.num_warps, cfg.num_stages,
+                      tensor_cores=True, archs=(arch,))
+
+
 def gate_configs() -> list:
-    """Every configuration the launchers choose, compiled for the architecture that chooses it:
-    the forward, dK/dV and dQ kernels at the largest padded head size of each tile
-    configuration (64, 128, 256, 512) in bf16 (fp16 compiles to the same code with F16 MMAs),
-    in the two layouts :func:`friendly` lets through -- positions innermost at aligned sizes
-    (the attention block's NCHW projection), and channels innermost with a ragged number of
-    positions and channels (padded heads) -- plus the split-key forward, its combine step and
-    the ``Delta`` kernel."""
-    from . import spatial_attention_backward as bwd
-
-    layouts = {  # name -> (unit-stride suffix, EVEN_C, integers not 16-divisible)
-        "positions innermost": ("n", True, ()),
-        "channels innermost, ragged": ("c", False, ("N",)),
-    }
+    """Every forward configuration the launcher chooses, compiled for the architecture that
+    chooses it: the forward kernel at each head size of :data:`GATE_HEADS` in bf16 (fp16 compiles
+    to the same code with F16 MMAs) in both :data:`GATE_LAYOUTS`, the split-key forward and its
+    combine step. The backward kernels' configurations are in
+    ``spatial_attention_backward.gate_configs``."""
     configs = []
-
-    def add(name, kernel, pointers, floats, constexprs, suffix, unaligned, cfg, arch, units=None):
-        if units is None:
-            units = tuple(a for a in kernel.arg_names if a.startswith("stride_") and a.endswith(suffix))
-        sig, cx, aligned = gate_signature(kernel, pointers, floats, constexprs, units, unaligned)
-        configs.append(GateConfig(name, kernel, sig, cx, aligned, cfg.num_warps, cfg.num_stages,
-                                  tensor_cores=True, archs=(arch,)))
-
     for arch, capability in _GATE_ARCHS.items():
-        for layout, (suffix, even_c, unaligned) in layouts.items():
-            for head in (64, 128, 256, 512):
+        for layout, (suffix, even_c, unaligned) in GATE_LAYOUTS.items():
+            for head in GATE_HEADS:
                 common = dict(HEAD=head, EVEN_C=even_c, PRECISION="tf32", UPCAST=False)
                 for number, cfg in enumerate(forward_configs(head, capability)):
                     for split in (False, True) if head == 512 and number == 0 else (False,):
@@ -510,30 +513,12 @@ def gate_configs() -> list:
                         constexprs = dict(common, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
                                           BLOCK_CO=cfg.block_co or head, SPLIT=split)
                         name = f"forward{' split' if split else ''} head {head} {layout} {cfg}"
-                        add(name, _forward_kernel, {"Q": "bf16", "K": "bf16", "V": "bf16", "Out": out, "Lse": "fp32"},
-                            ("qk_scale",), constexprs, suffix, unaligned, cfg, arch)
-                backward = bwd.backward_configs(head, capability)
-                if backward is None:
-                    continue
-                pointers = {a: "bf16" for a in ("Q", "K", "V", "dOut", "dK", "dV", "dQ")}
-                pointers.update(Lse="fp32", Delta="fp32")
-                for name, kernel, bc in (("dkdv", bwd._dkdv_kernel, backward[0]), ("dq", bwd._dq_kernel, backward[1])):
-                    add(f"{name} head {head} {layout} {bc}", kernel, pointers, ("scale", "qk_scale"),
-                        dict(common, BLOCK_M=bc.block_m, BLOCK_N=bc.block_n), suffix, unaligned, bc, arch)
-                if suffix == "n" and head == (256 if capability >= 90 else 128):  # dQ in fp32 partial sums
-                    bc = backward[1]
-                    units = ("stride_qn", "stride_kn", "stride_vn", "stride_dn", "stride_dqc")
-                    add(f"dq split head {head} {layout} {bc}", bwd._dq_kernel, dict(pointers, dQ="fp32"),
-                        ("scale", "qk_scale"), dict(common, BLOCK_M=bc.block_m, BLOCK_N=bc.block_n),
-                        suffix, unaligned, bc, arch, units)
+                        configs.append(gate_config(
+                            name, _forward_kernel, {"Q": "bf16", "K": "bf16", "V": "bf16", "Out": out, "Lse": "fp32"},
+                            ("qk_scale",), constexprs, suffix, unaligned, cfg, arch))
     sig, cx, aligned = gate_signature(
         _combine_kernel, {"Part": "fp32", "PartLse": "fp32", "Out": "bf16", "Lse": "fp32"}, (),
         dict(BLOCK_P=64, BLOCK_C=32), ("stride_pc", "stride_on"), unaligned=("SPLITS",),
     )
     configs.append(GateConfig("combine", _combine_kernel, sig, cx, aligned, 4, 3, wide_loads=True))
-    sig, cx, aligned = gate_signature(
-        bwd._delta_kernel, {"Out": "bf16", "dOut": "bf16", "Delta": "fp32"}, (),
-        dict(BLOCK_P=64, BLOCK_C=32), ("stride_on", "stride_dn"),
-    )
-    configs.append(GateConfig("delta", bwd._delta_kernel, sig, cx, aligned, 4, 3, wide_loads=True))
     return configs

@@ -32,9 +32,10 @@ import torch
 import triton
 import triton.language as tl
 
+from .gate import GateConfig
 from .spatial_attention import (
-    LOG2E, _mm, _strides, check_image_offsets, choose_splits, device_facts, head_size, kernel_input, kernel_output,
-    needs_upcast, padded_channels,
+    _GATE_ARCHS, GATE_HEADS, GATE_LAYOUTS, LOG2E, _mm, _strides, check_image_offsets, choose_splits, device_facts,
+    gate_config, gate_signature, head_size, kernel_input, kernel_output, needs_upcast, padded_channels,
 )
 
 
@@ -320,3 +321,36 @@ def backward(
     for target, result in zip(targets, (dq, dk, dv)):
         if target is not result:
             result.copy_(target[:, : result.shape[1]])
+
+
+def gate_configs() -> list:
+    """Every backward configuration the launchers choose, compiled for the architecture that
+    chooses it: the dK/dV and dQ kernels at each head size with a kernel configuration, in both
+    gate layouts, the dQ kernel writing fp32 partial sums (split keys), and the ``Delta`` kernel."""
+    configs = []
+    for arch, capability in _GATE_ARCHS.items():
+        for layout, (suffix, even_c, unaligned) in GATE_LAYOUTS.items():
+            for head in GATE_HEADS:
+                backward = backward_configs(head, capability)
+                if backward is None:
+                    continue
+                common = dict(HEAD=head, EVEN_C=even_c, PRECISION="tf32", UPCAST=False)
+                pointers = {a: "bf16" for a in ("Q", "K", "V", "dOut", "dK", "dV", "dQ")}
+                pointers.update(Lse="fp32", Delta="fp32")
+                for name, kernel, bc in (("dkdv", _dkdv_kernel, backward[0]), ("dq", _dq_kernel, backward[1])):
+                    configs.append(gate_config(
+                        f"{name} head {head} {layout} {bc}", kernel, pointers, ("scale", "qk_scale"),
+                        dict(common, BLOCK_M=bc.block_m, BLOCK_N=bc.block_n), suffix, unaligned, bc, arch))
+                if suffix == "n" and head == (256 if capability >= 90 else 128):  # dQ in fp32 partial sums
+                    bc = backward[1]
+                    units = ("stride_qn", "stride_kn", "stride_vn", "stride_dn", "stride_dqc")
+                    configs.append(gate_config(
+                        f"dq split head {head} {layout} {bc}", _dq_kernel, dict(pointers, dQ="fp32"),
+                        ("scale", "qk_scale"), dict(common, BLOCK_M=bc.block_m, BLOCK_N=bc.block_n),
+                        suffix, unaligned, bc, arch, units))
+    sig, cx, aligned = gate_signature(
+        _delta_kernel, {"Out": "bf16", "dOut": "bf16", "Delta": "fp32"}, (),
+        dict(BLOCK_P=64, BLOCK_C=32), ("stride_on", "stride_dn"),
+    )
+    configs.append(GateConfig("delta", _delta_kernel, sig, cx, aligned, 4, 3, wide_loads=True))
+    return configs

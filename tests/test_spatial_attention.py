@@ -328,7 +328,9 @@ def test_compile_gate():
     local memory, shared memory within the limit and tensor-core MMAs in the SASS."""
     from compile_gate import check_results, run_gate
 
-    results = run_gate("vqvae_fast.kernels.spatial_attention")
+    results = run_gate("vqvae_fast.kernels.spatial_attention") + run_gate(
+        "vqvae_fast.kernels.spatial_attention_backward"
+    )
     assert not check_results(results)
     names = {(r["name"].split(" Forward")[0].split(" Backward")[0], r["arch"]) for r in results}
     for layout in ("positions innermost", "channels innermost, ragged"):
