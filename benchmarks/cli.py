@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--list", action="store_true", help="print the cases that would run and exit")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or per-row lines")
     parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for torch (default: torch's choice, or 1 when the CPU is already "
+                        help="CPU threads for torch (default: torch's choice, fewer when the CPU is already "
                              "busy with other work, which makes multi-threaded timings jump)")
     parser.add_argument("--seed", type=int, default=0)
 
@@ -93,11 +93,12 @@ def make_settings(args):
 
 
 def steady_cpu_threads() -> str | None:
-    """On a CPU already busy with other work (1-minute load >= cores), time with one thread.
+    """On a CPU partly busy with other work, time with only the idle cores' worth of threads.
 
     OpenMP threads spin while they wait for each other; when another process holds one of the
     cores, a parallel op then waits for a scheduler time slice (~16 ms), so timings jump by
-    orders of magnitude from run to run. One thread measures every provider the same way.
+    orders of magnitude from run to run. Using ``cores - load`` threads (at least one) measures
+    every provider the same way.
     """
     import torch
 
@@ -106,10 +107,11 @@ def steady_cpu_threads() -> str | None:
         load = os.getloadavg()[0]
     except OSError:
         return None
-    if cores > 1 and load >= cores and torch.get_num_threads() > 1:
-        torch.set_num_threads(1)
-        return (f"CPU busy (load {load:.1f} on {cores} cores): timing with 1 thread for steady numbers; "
-                f"pass --threads N to override")
+    idle = max(1, int(cores - load + 0.5))
+    if idle < torch.get_num_threads():
+        torch.set_num_threads(idle)
+        return (f"CPU busy (load {load:.1f} on {cores} cores): timing with {idle} thread(s) for steady "
+                f"numbers; pass --threads N to override")
     return None
 
 
