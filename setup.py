@@ -260,6 +260,12 @@ def build_extensions():
     # No -std flag: torch's builder passes the C++ standard its own headers need (C++20 for
     # torch >= 2.10; an explicit -std=c++17 here would break compiling against them).
     extra_cxx = ["-O3"]
+    extra_link = []
+    # at::parallel_for is an inline `#pragma omp parallel` in torch's headers: without OpenMP the
+    # CPU loops would run on one thread. The libgomp linked here is the one torch already loaded.
+    if torch.backends.openmp.is_available() and sys.platform.startswith("linux"):
+        extra_cxx.append("-fopenmp")
+        extra_link.append("-fopenmp")
     abi = getattr(torch, "compiled_with_cxx11_abi", None)
     info.update(torch=torch.__version__, cxx11_abi=bool(abi()) if abi is not None else None)
     if with_cuda:
@@ -279,6 +285,7 @@ def build_extensions():
                 "cxx": extra_cxx,
                 "nvcc": ["-O3", "--use_fast_math", "-lineinfo"],
             },
+            extra_link_args=extra_link,
             py_limited_api=True,
         )
     else:
@@ -288,6 +295,7 @@ def build_extensions():
             include_dirs=[os.path.join(ROOT, "csrc")],
             define_macros=define_macros,
             extra_compile_args={"cxx": extra_cxx},
+            extra_link_args=extra_link,
             py_limited_api=True,
         )
     build_ext = cpp_extension.BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)

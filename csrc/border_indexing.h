@@ -8,7 +8,8 @@
 //   cols[k, offset + n*L + (p - p0)*(q1 - q0) + q - q0] = x[n, c, sH p + i - top, sW q + j - left]
 // with zero where the index falls in the padding. col2im goes the other way: every x element a
 // region reads receives the sum of that region's cols entries that read it (a gather, so that
-// each thread writes one element and needs no atomics).
+// each thread writes one element and needs no atomics). Zero columns may follow the last
+// region's: they pad the matrix's width for the GEMM and no kernel here touches them.
 #pragma once
 
 #include <cstdint>

@@ -15,6 +15,23 @@ namespace vqvae_fast {
 namespace {
 // Elements per task: enough work to amortise a thread hand-off.
 constexpr int64_t kGrain = 1 << 14;
+
+// The output columns [q_in, q_out) of a region whose tap j reads inside x (q_in <= q_out, both
+// clamped to [q0, q1]): the im2col loop copies those and zero-fills the others.
+struct ColumnSpan {
+  int64_t q_in, q_out;
+};
+
+ColumnSpan inside_columns(const BorderParams& b, int64_t j) {
+  // source_col(q) = sW q + j - left is inside for 0 <= sW q + j - left <= W - 1.
+  const int64_t lowest = b.pad_left - j;       // sW q >= lowest
+  const int64_t highest = b.W - 1 + lowest;    // sW q <= highest
+  int64_t q_in = lowest > 0 ? (lowest + b.sW - 1) / b.sW : 0;
+  int64_t q_out = highest >= 0 ? highest / b.sW + 1 : 0;
+  q_in = std::clamp(q_in, b.q0, b.q1);
+  q_out = std::clamp(q_out, q_in, b.q1);
+  return {q_in, q_out};
+}
 }  // namespace
 
 void border_im2col_cpu(const at::Tensor& x, const ConvGeometry& g, const OutputRegion& region,
@@ -22,6 +39,7 @@ void border_im2col_cpu(const at::Tensor& x, const ConvGeometry& g, const OutputR
   const BorderParams b = make_border_params(g, region, cols, x);
   const int64_t rows = cols_rows(b);
   const int64_t L = region_size(b);
+  const int64_t width = b.q1 - b.q0;
   TORCH_CHECK(cols.is_contiguous() && cols.size(0) * b.N == rows &&
                   b.cols_offset + b.N * L <= b.cols_ld,
               "border_im2col_cpu: bad cols buffer");
@@ -37,15 +55,24 @@ void border_im2col_cpu(const at::Tensor& x, const ConvGeometry& g, const OutputR
         const ColsRow r = cols_row(b, row);
         const scalar_t* plane = src + r.n * b.stride[0] + r.c * b.stride[1];
         acc_t* out = dst + r.start;
+        // Positions q in [q_in, q_out) read inside x for this tap column; the rest read padding.
+        const ColumnSpan span = inside_columns(b, r.j);
+        const int64_t step = b.sW * b.stride[3];
         for (int64_t p = b.p0; p < b.p1; ++p) {
           const int64_t m = source_row(b, r.i, p);
-          const bool row_inside = m >= 0 && m < b.H;
-          for (int64_t q = b.q0; q < b.q1; ++q, ++out) {
-            const int64_t w = source_col(b, r.j, q);
-            *out = (row_inside && w >= 0 && w < b.W)
-                       ? static_cast<acc_t>(plane[m * b.stride[2] + w * b.stride[3]])
-                       : acc_t(0);
+          if (m < 0 || m >= b.H) {
+            std::fill(out, out + width, acc_t(0));
+            out += width;
+            continue;
           }
+          out = std::fill_n(out, span.q_in - b.q0, acc_t(0));
+          if (span.q_in < span.q_out) {
+            const scalar_t* in = plane + m * b.stride[2] + source_col(b, r.j, span.q_in) * b.stride[3];
+            for (int64_t q = span.q_in; q < span.q_out; ++q, in += step) {
+              *out++ = static_cast<acc_t>(*in);
+            }
+          }
+          out = std::fill_n(out, b.q1 - span.q_out, acc_t(0));
         }
       }
     });

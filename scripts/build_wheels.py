@@ -90,7 +90,10 @@ SCHEME_LABEL = re.compile(r"(cu\d+|cpu)torch\d+\.\d+")
 
 # What the extension may link against: torch's libraries and, with CUDA code, torch's CUDA runtime
 # (both loaded by `import torch` before the extension), and the C/C++ runtime of the system.
-TORCH_LIBS = {"libc10.so", "libc10_cuda.so", "libtorch.so", "libtorch_cpu.so", "libtorch_cuda.so"}
+# libgomp.so.1 is the OpenMP runtime torch's Linux wheels ship and load: at::parallel_for in the
+# CPU kernels runs on it, so the extension shares torch's thread pool.
+TORCH_LIBS = {"libc10.so", "libc10_cuda.so", "libtorch.so", "libtorch_cpu.so", "libtorch_cuda.so",
+              "libgomp.so.1"}
 SYSTEM_LIBS = {
     "libc.so.6", "libm.so.6", "libstdc++.so.6", "libgcc_s.so.1", "libpthread.so.0", "libdl.so.2",
     "librt.so.1", "ld-linux-x86-64.so.2", "ld-linux-aarch64.so.1",

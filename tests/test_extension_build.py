@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -96,6 +97,18 @@ def test_library_is_abi3_without_pybind11():
         pytest.skip("readelf not found")
     needed = subprocess.run([readelf, "-d", path], capture_output=True, text=True, check=True).stdout
     assert "libtorch_python" not in needed, "the extension links libtorch_python (pybind11 bindings)"
+
+
+def test_cpu_loops_are_built_with_openmp_when_torch_is():
+    """at::parallel_for is an inline OpenMP loop: built without OpenMP it silently runs serially."""
+    path = library_path()
+    if not (torch.backends.openmp.is_available() and sys.platform.startswith("linux")):
+        pytest.skip("torch is built without OpenMP here")
+    readelf = shutil.which("readelf")
+    if readelf is None:
+        pytest.skip("readelf not found")
+    needed = subprocess.run([readelf, "-d", path], capture_output=True, text=True, check=True).stdout
+    assert "libgomp" in needed, "the extension was built without -fopenmp: its CPU loops run on one thread"
 
 
 def test_cuda_part_has_code_for_every_requested_architecture():
