@@ -24,9 +24,9 @@ def csv_list(choices):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .definitions import PROVIDERS
+    from .definitions import EXTRA_PROVIDERS, PROVIDERS
 
-    providers = PROVIDERS + ("vqvae_fast-fast",)
+    providers = PROVIDERS + EXTRA_PROVIDERS
     parser.add_argument("--ops", type=csv_list(OPS), default=OPS, help=f"ops to run (default all: {','.join(OPS)})")
     parser.add_argument("--shapes", choices=SETS, default=None,
                         help="shape set: quick, full, cpu (CPU-sized), tiny (default: cpu on CPU, quick on CUDA)")

@@ -18,10 +18,12 @@ Every provider's forward returns its output in the reference's layout (views are
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +33,9 @@ from .device import TORCH_DTYPES
 from .shapes import MODES, Case, Shape
 
 PROVIDERS = ("reference", "compiled", "pytorch-best", "vqvae_fast")
+# Providers of one op each: argmin's "fast" precision; padded_conv2d's second CUDA algorithm
+# (the default vqvae_fast row runs cuDNN's graph API there), so a GPU run records both.
+EXTRA_PROVIDERS = ("vqvae_fast-fast", "vqvae_fast-decomposed")
 
 
 class ProviderUnavailable(Exception):
@@ -52,6 +57,7 @@ class Runner:
     grad_tensors: list  # leaves of the backward, in the order of ``Inputs.grad_names``
     backend: str
     grads_to_common: Callable[[list], list] = lambda grads: grads
+    scope: Callable[[], ContextManager] = contextlib.nullcontext  # entered around every call
 
 
 def make_generator(device: torch.device, seed: int) -> torch.Generator:
@@ -97,6 +103,23 @@ def compare(actual, expected) -> tuple[float, float]:
     return max_err, (diff_sq**0.5 / ref_sq**0.5 if ref_sq > 0 else diff_sq**0.5)
 
 
+CONV_IMPL_VAR = "VQVAE_FAST_PADDED_CONV2D_IMPL"  # the extension reads it on every CUDA call
+
+
+@contextlib.contextmanager
+def environment_variable(name: str, value: str):
+    """``os.environ[name] = value`` for the duration of the block, then what it was."""
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
 def compile_fn(fn: Callable, mode: str | None = None) -> Callable:
     return torch.compile(fn, dynamic=False, mode=mode)
 
@@ -116,6 +139,10 @@ class OpBench:
     has_backward: bool = True
     has_flops: bool = True  # False where the floor is the bytes alone
     tf32_flag: str = "matmul"  # which TF32 switch governs fp32 work: "matmul" or "cudnn"
+
+    def providers_on(self, device: torch.device) -> tuple[str, ...]:
+        """The providers that can run on this device (all of them unless an op says otherwise)."""
+        return self.providers
 
     def modes_for(self, shape: Shape) -> tuple[str, ...]:
         return MODES if self.has_backward else ("forward",)
@@ -357,8 +384,13 @@ class PaddedConv2d(OpBench):
     """taming's Downsample: 3x3 kernel, stride 2, zero padding (left, right, top, bottom) = (0, 1, 0, 1)."""
 
     name = "padded_conv2d"
+    providers = PROVIDERS + ("vqvae_fast-decomposed",)
     tf32_flag = "cudnn"
     stride, padding = 2, (0, 1, 0, 1)
+
+    def providers_on(self, device):
+        # On a CPU the extension only has the decomposed algorithm: the row would repeat vqvae_fast's.
+        return self.providers if device.type == "cuda" else PROVIDERS
 
     def describe(self, shape):
         n, c_in, h, w, c_out = shape.dims
@@ -401,4 +433,12 @@ class PaddedConv2d(OpBench):
 
             backend = public_backend(self.name, x.device, x.dtype)
             return Runner(lambda: vqvae_fast.padded_conv2d(x, w, b, stride, padding), [x, w, b], backend)
+        if provider == "vqvae_fast-decomposed":
+            import vqvae_fast
+
+            backend = public_backend(self.name, x.device, x.dtype)
+            if backend != "cuda":
+                raise ProviderUnavailable(f"the decomposed CUDA algorithm needs the cuda backend, not {backend}")
+            return Runner(lambda: vqvae_fast.padded_conv2d(x, w, b, stride, padding), [x, w, b],
+                          "cuda:decomposed", scope=lambda: environment_variable(CONV_IMPL_VAR, "decomposed"))
         raise ProviderUnavailable(f"no provider {provider!r} for {self.name}")

@@ -29,7 +29,7 @@ NUMERIC = {
     "pct_floor", "speedup", "peak_mem_mb", "max_err", "rel_err", "flops", "bytes",
 }
 MAX_PLOTTED_CASES = 24
-PLOT_ORDER = ("reference", "compiled", "pytorch-best", "vqvae_fast", "vqvae_fast-fast")
+PLOT_ORDER = ("reference", "compiled", "pytorch-best", "vqvae_fast", "vqvae_fast-fast", "vqvae_fast-decomposed")
 
 
 # -- CSV / JSON

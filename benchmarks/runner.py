@@ -75,10 +75,11 @@ class SuiteResult:
 
 
 def providers_for(bench: OpBench, settings: Settings) -> list[str]:
+    available = bench.providers_on(settings.device)
     if settings.providers is not None:
-        return [p for p in bench.providers if p in settings.providers]
+        return [p for p in available if p in settings.providers]
     opt_in = getattr(bench, "opt_in_providers", ())
-    return [p for p in bench.providers if p not in opt_in]
+    return [p for p in available if p not in opt_in]
 
 
 def plan(settings: Settings) -> list[tuple[Case, list[str]]]:
@@ -248,9 +249,13 @@ class Suite:
         row["note"] = " | ".join(messages)[:400]
 
     def _measure(self, bench, case, provider, inputs, work, state, gen, row) -> None:
-        device = self.device
-        runner = bench.build(provider, inputs, case, device)
+        runner = bench.build(provider, inputs, case, self.device)
         row["backend"] = runner.backend
+        with runner.scope():
+            self._time_runner(bench, case, provider, inputs, work, state, gen, row, runner)
+
+    def _time_runner(self, bench, case, provider, inputs, work, state, gen, row, runner) -> None:
+        device = self.device
         start = time.perf_counter()  # the first call: compilation, autotuning, the backward's graph
         call, result_of = make_call(bench, case, runner, state, gen)
         call()

@@ -23,8 +23,9 @@ import torch
 import vqvae_fast
 from vqvae_fast._backend import op_backends
 
+from .definitions import CONV_IMPL_VAR
+
 GRAD_OPS = ("group_norm_silu", "spatial_attention", "padded_conv2d")
-CONV_IMPL_VAR = "VQVAE_FAST_PADDED_CONV2D_IMPL"  # which CUDA implementation padded_conv2d runs
 
 
 def cases(device, dtype):

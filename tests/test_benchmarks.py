@@ -143,6 +143,44 @@ def test_ops_without_backward_run_forward_only():
             assert case.mode == "forward"
 
 
+def test_decomposed_conv_provider_only_where_cuda_has_two_algorithms():
+    def providers(device):
+        settings = runner.Settings(torch.device(device), shapes="tiny", ops=("padded_conv2d",))
+        return {p for _, ps in runner.plan(settings) for p in ps}
+
+    assert "vqvae_fast-decomposed" not in providers("cpu")
+    assert {"vqvae_fast", "vqvae_fast-decomposed"} <= providers("cuda")  # planning needs no GPU
+
+
+def test_provider_scope_is_entered_around_the_timed_calls(monkeypatch):
+    """The decomposed provider's environment variable is set while its calls run, then restored."""
+    seen = []
+    build = definitions.PaddedConv2d.build
+
+    def scoped(self, provider, inputs, case, device):
+        runner_ = build(self, provider, inputs, case, device)
+        if provider == "vqvae_fast":
+            fn = runner_.fn
+
+            def recording():
+                seen.append(os.environ.get(definitions.CONV_IMPL_VAR))
+                return fn()
+
+            runner_.fn = recording
+            runner_.scope = lambda: definitions.environment_variable(definitions.CONV_IMPL_VAR, "decomposed")
+        return runner_
+
+    monkeypatch.delenv(definitions.CONV_IMPL_VAR, raising=False)
+    monkeypatch.setattr(definitions.PaddedConv2d, "build", scoped)
+    settings = runner.Settings(torch.device("cpu"), shapes="tiny", ops=("padded_conv2d",), modes=("forward",),
+                               formats=("nchw",), dtypes=("fp32",), providers=("reference", "vqvae_fast"),
+                               target_s=0.01)
+    rows = runner.Suite(settings, progress=False).run().rows
+    assert rows and all(r["status"] == "ok" for r in rows)
+    assert seen and set(seen) == {"decomposed"}
+    assert definitions.CONV_IMPL_VAR not in os.environ
+
+
 def test_cli_lists_cases(capsys):
     assert cli.main(["bench", "--list", "--shapes", "full", "--device", "cpu", "--ops", "padded_conv2d"]) == 0
     out = capsys.readouterr().out
