@@ -49,30 +49,36 @@ void border_im2col_cpu(const at::Tensor& x, const ConvGeometry& g, const OutputR
                 "border_im2col_cpu: cols must have the opmath dtype of x");
     const scalar_t* src = x.const_data_ptr<scalar_t>();
     acc_t* dst = cols.mutable_data_ptr<acc_t>();
-    at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(L, 1)),
-                     [&](int64_t begin, int64_t end) {
-      for (int64_t row = begin; row < end; ++row) {
-        const ColsRow r = cols_row(b, row);
-        const scalar_t* plane = src + r.n * b.stride[0] + r.c * b.stride[1];
-        acc_t* out = dst + r.start;
+    // One task per range of im2col rows k = (c, i, j): the tap's geometry is worked out once
+    // per k (the rows of a border are short, and divisions per row would cost more than the copy),
+    // then each image n gets its row of L elements.
+    const int64_t K = rows / b.N;
+    at::parallel_for(0, K, std::max<int64_t>(1, kGrain / std::max<int64_t>(b.N * L, 1)),
+                     [&](int64_t k_begin, int64_t k_end) {
+      for (int64_t k = k_begin; k < k_end; ++k) {
+        const ColsRow r = cols_row(b, k * b.N);  // image 0; image n's row follows at + n * L
         // Positions q in [q_in, q_out) read inside x for this tap column; the rest read padding.
         const ColumnSpan span = inside_columns(b, r.j);
         const int64_t step = b.sW * b.stride[3];
-        for (int64_t p = b.p0; p < b.p1; ++p) {
-          const int64_t m = source_row(b, r.i, p);
-          if (m < 0 || m >= b.H) {
-            std::fill(out, out + width, acc_t(0));
-            out += width;
-            continue;
-          }
-          out = std::fill_n(out, span.q_in - b.q0, acc_t(0));
-          if (span.q_in < span.q_out) {
-            const scalar_t* in = plane + m * b.stride[2] + source_col(b, r.j, span.q_in) * b.stride[3];
-            for (int64_t q = span.q_in; q < span.q_out; ++q, in += step) {
-              *out++ = static_cast<acc_t>(*in);
+        const int64_t first_col = source_col(b, r.j, span.q_in) * b.stride[3];
+        for (int64_t n = 0; n < b.N; ++n) {
+          const scalar_t* plane = src + n * b.stride[0] + r.c * b.stride[1];
+          acc_t* out = dst + r.start + n * L;
+          for (int64_t p = b.p0; p < b.p1; ++p) {
+            const int64_t m = source_row(b, r.i, p);
+            if (m < 0 || m >= b.H) {
+              out = std::fill_n(out, width, acc_t(0));
+              continue;
             }
+            out = std::fill_n(out, span.q_in - b.q0, acc_t(0));
+            if (span.q_in < span.q_out) {
+              const scalar_t* in = plane + m * b.stride[2] + first_col;
+              for (int64_t q = span.q_in; q < span.q_out; ++q, in += step) {
+                *out++ = static_cast<acc_t>(*in);
+              }
+            }
+            out = std::fill_n(out, b.q1 - span.q_out, acc_t(0));
           }
-          out = std::fill_n(out, b.q1 - span.q_out, acc_t(0));
         }
       }
     });
