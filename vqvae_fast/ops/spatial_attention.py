@@ -128,7 +128,11 @@ def chunked_forward(
         q_r = q[:, :, r0:r0 + rows].to(gemm)  # (B, C, r)
         s = _bmm(q_r.transpose(1, 2), k, acc).mul_(scale)  # (B, r, N) fp32 logits
         p, m, l = _softmax_(s)  # (B, r, N) probabilities in place of s; (B, r, 1) max and sum
-        out[:, :, r0:r0 + rows] = torch.bmm(v, p.to(gemm).transpose(1, 2))  # (B, C, r)
+        out_r = out[:, :, r0:r0 + rows]  # (B, C, r)
+        if p.dtype == gemm == out.dtype and out_r.is_contiguous():  # one chunk: straight into out
+            torch.bmm(v, p.transpose(1, 2), out=out_r)
+        else:
+            out_r.copy_(torch.bmm(v, p.to(gemm).transpose(1, 2)))
         lse[:, r0:r0 + rows] = (m + l.log()).squeeze(2)
     return out, lse
 
