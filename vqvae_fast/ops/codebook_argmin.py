@@ -16,6 +16,9 @@ PRECISIONS = ("ieee", "fast")
 
 #: bytes of one block of distances on the CPU path (rows x K); bounds its extra memory.
 CPU_BLOCK_BYTES = 8 << 20
+#: below this many rows the CPU path runs ``mm`` then ``add`` rather than ``addmm`` (1.2x faster
+#: at 16 rows of a 16384-code codebook; slower from a few hundred rows on).
+SMALL_BLOCK_ROWS = 64
 
 
 def _compute_dtype(z: torch.Tensor, codebook: torch.Tensor) -> torch.dtype:
@@ -86,7 +89,7 @@ def cpu_codebook_argmin(z, codebook, return_distance, block_bytes: int = CPU_BLO
     compute = torch.float64 if _compute_dtype(z, codebook) == torch.float64 else torch.float32
     e = codebook.to(compute)  # (K, D); a copy only for 16-bit codebooks
     K = e.shape[0]
-    enorm = e.pow(2).sum(1)  # (K,)
+    enorm = torch.linalg.vector_norm(e, dim=1).square_()  # (K,): no (K, D) temporary, 3x faster
     N = z.shape[0] * (z.shape[2] * z.shape[3] if z.dim() == 4 else 1)
     rows = max(1, min(N, block_bytes // (K * e.element_size())))
     indices = torch.empty((N,), dtype=torch.int64, device=z.device)
@@ -96,7 +99,10 @@ def cpu_codebook_argmin(z, codebook, return_distance, block_bytes: int = CPU_BLO
         block = block.to(compute)  # (r, D)
         count = block.shape[0]
         scores = buffer[: count * K].view(count, K)
-        torch.addmm(enorm, block, e.t(), beta=1, alpha=-2, out=scores)  # ||e||^2 - 2 z.e
+        if count < SMALL_BLOCK_ROWS:  # MKL's GEMM with a broadcast bias is slow for a few rows
+            torch.add(enorm, torch.mm(block, e.t(), out=scores), alpha=-2, out=scores)
+        else:
+            torch.addmm(enorm, block, e.t(), beta=1, alpha=-2, out=scores)  # ||e||^2 - 2 z.e
         chosen = indices[start:start + count]
         torch.argmin(scores, dim=1, out=chosen)  # ties: lowest index
         if return_distance:
