@@ -93,6 +93,8 @@ SHAPES: tuple[Shape, ...] = (
     _s("padded_conv2d", (8, 512, 32, 32, 512), "kl_f8 Downsample at level 2, 128² image, batch 8", "full"),
     _s("padded_conv2d", (1, 128, 64, 64, 128), "f16 Downsample at level 0, 64² image", "cpu"),
     _s("padded_conv2d", (1, 256, 32, 32, 256), "f16 Downsample at level 2, 128² image", "cpu", only_modes=FORWARD),
+    _s("padded_conv2d", (8, 256, 64, 64, 256), "f16 Downsample at level 2, 256² image, batch 8 (CPU target: "
+       ">= 1.0x the reference)", "cpu", only_modes=FORWARD),
     _s("padded_conv2d", (1, 8, 9, 7, 12), "tiny", "tiny"),
     # vqmodel, end to end: (batch, resolution)
     _s("vqmodel", (1, 256), "f16 VQGAN encode, 256² image", "quick", "full", config=F16, stage="encode"),
