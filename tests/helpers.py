@@ -15,7 +15,7 @@ def to_dtype(args: Sequence, dtype: torch.dtype) -> list:
 
 
 def max_abs_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    diff = (actual.double() - expected.double()).abs()
+    diff = (actual.detach().double() - expected.detach().double()).abs()
     return float(diff.max()) if diff.numel() else 0.0
 
 

@@ -73,17 +73,29 @@ def test_triton_matches_reference(triton_device, batch, channels, n, dtype):
     check_against_reference(q, k, v, dtype)
 
 
+# The cpu backend runs small fp32/fp64 problems through the plain formulation and the rest through
+# the op's chunked implementation; a chunk budget of 128 bytes sends every case to the latter, in
+# chunks of a few rows.
+CPU_PATHS = pytest.mark.parametrize("chunk_bytes", [None, 128], ids=["default", "chunked"])
+
+
+@CPU_PATHS
 @pytest.mark.parametrize(
     "batch,channels,n,dtype",
     [(2, 32, 7, torch.float32), (1, 64, 256, torch.bfloat16), (3, 16, 33, torch.float16), (2, 8, 5, torch.float64)],
 )
-def test_cpu_backend_matches_reference(batch, channels, n, dtype):
+def test_cpu_backend_matches_reference(batch, channels, n, dtype, chunk_bytes, monkeypatch):
+    if chunk_bytes is not None:
+        monkeypatch.setattr(attention_ops, "CHUNK_BYTES", chunk_bytes)
     q, k, v = random_qkv((batch, channels, n), dtype, "cpu")
     with vqvae_fast.use_backend("cpu"):
         check_against_reference(q, k, v, dtype)
 
 
-def test_cpu_backend_gradcheck_fp64():
+@CPU_PATHS
+def test_cpu_backend_gradcheck_fp64(chunk_bytes, monkeypatch):
+    if chunk_bytes is not None:
+        monkeypatch.setattr(attention_ops, "CHUNK_BYTES", chunk_bytes)
     q, k, v = (t.requires_grad_() for t in random_qkv((2, 4, 5), torch.float64, "cpu"))
     with vqvae_fast.use_backend("cpu"):
         assert torch.autograd.gradcheck(lambda a, b, c: vqvae_fast.spatial_attention(a, b, c, 0.7), (q, k, v))

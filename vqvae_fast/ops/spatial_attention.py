@@ -303,7 +303,33 @@ def _needs_custom_op(*tensors: torch.Tensor) -> bool:
 BACKENDS.register(
     "triton", devices=("cuda",), dtypes=V.KERNEL_DTYPES, requires=_backend.triton_status
 )(_through_custom_op)
-BACKENDS.register("cpu", devices=("cpu",), dtypes=V.FLOAT_DTYPES)(_through_custom_op)
+
+
+@BACKENDS.register("cpu", devices=("cpu",), dtypes=V.FLOAT_DTYPES)
+def _cpu(q, k, v, scale):
+    """CPU tensors. An eager call whose whole ``(B, N, N)`` block of fp32 logits fits in
+    :data:`CHUNK_BYTES` (the chunked implementation would make it one chunk) runs the plain
+    formulation: one GEMM, one fused softmax, one GEMM, with autograd saving the probabilities.
+    That is the fastest PyTorch has on a CPU, and its backward needs no recomputation. Larger
+    ``N`` and traced calls go through the custom op (chunked, ``O(N)`` memory per row block)."""
+    if _plain_is_faster(q) and not torch.compiler.is_compiling():
+        with torch.autocast("cpu", enabled=False):  # the inputs' dtype decides, as in the op
+            return reference.spatial_attention(q, k, v, scale)
+    return _through_custom_op(q, k, v, scale)
+
+
+def _plain_is_faster(q: torch.Tensor) -> bool:
+    """fp32/fp64 (16-bit CPU inputs compute in fp32 only in the op), non-empty, positions
+    innermost (the plain formulation's output layout is the op's then) and a ``(B, N, N)``
+    block within :data:`CHUNK_BYTES`."""
+    if q.dtype not in (torch.float32, torch.float64) or q.numel() == 0:
+        return False
+    batch, n = q.shape[0], q[0, 0].numel()
+    if q.dim() == 4:
+        positions_innermost = q.stride(3) == 1 and q.stride(2) == q.shape[3]
+    else:
+        positions_innermost = q.stride(2) == 1
+    return positions_innermost and batch * n * n * 4 <= CHUNK_BYTES
 BACKENDS.register("reference", devices=None, dtypes=V.FLOAT_DTYPES)(reference.spatial_attention)
 
 
