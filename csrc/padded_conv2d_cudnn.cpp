@@ -490,13 +490,18 @@ template <typename C, typename Op>
 struct OptionalArgument<bool (C::*)(std::optional<Op>) const> {
   using type = Op;
 };
+// Whether OptionalArgument matched (C++17: torch <= 2.11 builds extensions without concepts).
+template <typename T, typename = void>
+struct HasType : std::false_type {};
+template <typename T>
+struct HasType<T, std::void_t<typename T::type>> : std::true_type {};
 
 template <typename Context>
 bool conv_tf32_allowed(const Context& context) {
   using Method = decltype(&Context::allowTF32CuDNN);
   if constexpr (std::is_same_v<Method, bool (Context::*)(const std::string&) const>) {
     return context.allowTF32CuDNN("conv");
-  } else if constexpr (requires { typename OptionalArgument<Method>::type; }) {
+  } else if constexpr (HasType<OptionalArgument<Method>>::value) {
     return context.allowTF32CuDNN(OptionalArgument<Method>::type::CONV);
   } else {
     return context.allowTF32CuDNN();
