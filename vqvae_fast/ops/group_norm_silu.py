@@ -129,6 +129,7 @@ def _native_forward(x, num_groups, weight, bias, eps, silu):
         y = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
         stats = x.new_zeros((N, num_groups), dtype=_stats_dtype(x.dtype))
         return y, stats, stats.clone()
+    x = x.contiguous(memory_format=output_memory_format(x))  # native needs it (torch 2.11)
     y, mean, rstd = torch.native_group_norm(x, weight, bias, N, C, HxW, num_groups, eps)
     if silu:
         torch.nn.functional.silu(y, inplace=True)
@@ -148,16 +149,18 @@ def _native_backward(dy, x, mean, rstd, weight, bias, num_groups, eps, silu):
     mixed = any(p is not None and p.dtype != x.dtype for p in (weight, bias))
     stats = mean.dtype if mixed else x.dtype
     mean, rstd = mean.to(stats), rstd.to(stats)
-    dz = dy
+    # native wants x and dy contiguous in one memory format (torch 2.11 checks it)
+    layout = output_memory_format(x)
+    x_c, dz = x.contiguous(memory_format=layout), dy.contiguous(memory_format=layout)
     if silu:
         # recompute the pre-activation as the forward did (nothing of x's size was saved)
-        z, _, _ = torch.native_group_norm(x, weight, bias, N, C, HxW, num_groups, eps)
-        dz = torch.ops.aten.silu_backward(dy, z)
-    # native's mixed-dtype backward lacks dbias without a weight: that sum is done here
-    bias_by_native = bias is not None and (weight is not None or not mixed)
+        z, _, _ = torch.native_group_norm(x_c, weight, bias, N, C, HxW, num_groups, eps)
+        dz = torch.ops.aten.silu_backward(dz, z)
+    # without a weight, native's dbias fails (mixed dtypes; any dtype on torch 2.11): summed here
+    bias_by_native = bias is not None and weight is not None
     mask = [True, weight is not None, bias_by_native]
     dx, dw, db = torch.ops.aten.native_group_norm_backward(
-        dz, x, mean, rstd, weight, N, C, HxW, num_groups, mask
+        dz, x_c, mean, rstd, weight, N, C, HxW, num_groups, mask
     )
     if bias is not None and not bias_by_native:
         dims = [d for d in range(dz.dim()) if d != 1]
@@ -290,12 +293,14 @@ def _cpu_group_norm_silu(x, num_groups, weight, bias, eps, activation):
     params = [p for p in (weight, bias) if p is not None]
     if not (torch.is_grad_enabled() and any(t.requires_grad for t in [x, *params])):
         N, C = x.shape[0], x.shape[1]
+        x = x.contiguous(memory_format=output_memory_format(x))  # native needs it (torch 2.11)
         y = torch.native_group_norm(x, weight, bias, N, C, math.prod(x.shape[2:]), num_groups, eps)[0]
         if silu:
             torch.nn.functional.silu(y, inplace=True)
         return y if y.is_contiguous() else y.contiguous(memory_format=output_memory_format(x))
-    if bias is not None and weight is None and bias.dtype != x.dtype:
-        # native's mixed-dtype backward lacks this case; the custom op's backward handles it
+    if bias is not None and weight is None:
+        # ATen's group norm backward fails here (mixed dtypes; any dtype on torch 2.11); the
+        # custom op's backward sums dbias itself
         return _call_op(x, num_groups, weight, bias, eps, activation)
     # autograd through ATen: group norm, then SiLU whose backward needs only its input
     y = torch.nn.functional.group_norm(x, num_groups, weight, bias, eps)

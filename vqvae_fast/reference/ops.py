@@ -31,7 +31,12 @@ def group_norm_silu(
     where the mean and (biased) variance run over the ``C / num_groups`` channels of a group and
     all spatial positions. Shape: ``x`` is ``(N, C, *)``, ``weight`` and ``bias`` are ``(C,)``.
     """
-    y = F.group_norm(x, num_groups, weight, bias, eps)
+    if weight is None and bias is not None:
+        # the shift added on its own: some torch versions (2.11) cannot differentiate group
+        # norm's bias without a weight
+        y = F.group_norm(x, num_groups, None, None, eps) + bias.view(-1, *([1] * (x.dim() - 2)))
+    else:
+        y = F.group_norm(x, num_groups, weight, bias, eps)
     if activation == "silu":
         y = y * torch.sigmoid(y)
     elif activation is not None:
