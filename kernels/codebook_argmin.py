@@ -164,8 +164,10 @@ def _codebook_argmin_kernel(
             else:  # fp16 / bf16 operands: exact products, fp32 accumulation
                 acc = tl.dot(zt, et, acc)
         # NaN distances (NaN or infinite inputs) become -inf, the smallest: torch.argmin's rule
-        # (a NaN is the minimum, ties to the lowest index) under an ordered comparison
-        dist = tl.maximum(enorm[None, :] - 2.0 * acc, float("-inf"))  # (BLOCK_N, BLOCK_K)
+        # (a NaN is the minimum, ties to the lowest index) under an ordered comparison. An
+        # explicit test: maximum's NaN rule differs between compilers and Triton versions.
+        dist = enorm[None, :] - 2.0 * acc  # (BLOCK_N, BLOCK_K)
+        dist = tl.where(dist != dist, float("-inf"), dist)
 
         # best of the tile, ties to the lowest code
         tile_min = tl.min(dist, axis=1)
@@ -256,8 +258,8 @@ def _finalize_kernel(
 #: registers spill).
 MAIN_CONFIGS = {
     "ieee": {"aligned": (128, 128, 16, 8, 2), "general": (128, 64, 16, 8, 1)},
-    "tf32": {"aligned": (128, 128, 32, 8, 3), "general": (128, 64, 16, 8, 3)},
-    "native": {"aligned": (128, 128, 64, 8, 3), "general": (128, 64, 32, 8, 3)},
+    "tf32": {"aligned": (128, 128, 16, 8, 3), "general": (128, 64, 16, 8, 3)},
+    "native": {"aligned": (128, 128, 32, 8, 3), "general": (128, 64, 32, 8, 3)},
 }
 AUX_BLOCK_N, AUX_BLOCK_D = 64, 32  # finalize kernel
 

@@ -246,7 +246,7 @@ def forward_configs(head: int, capability: int) -> tuple[ForwardConfig, ...]:
             512: (ForwardConfig(128, 32, 8, 2, block_co=256), ForwardConfig(128, 16, 8, 3, block_co=256)),
         }
     elif capability >= 80:
-        table = {64: (ForwardConfig(128, 64, 4, 3),), 128: (ForwardConfig(128, 64, 8, 3),)}
+        table = {64: (ForwardConfig(128, 64, 8, 3),), 128: (ForwardConfig(128, 64, 8, 3),)}
     else:
         return ()
     return table.get(max(head, 64), ())
