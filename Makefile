@@ -11,7 +11,7 @@ EXT_SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cuda/*.cu csrc/cuda/*.cuh csr
 
 WHEELS ?= auto
 
-.PHONY: setup bench test info wheels clean
+.PHONY: setup bench test test-compat info wheels clean
 
 setup: $(VENV)/.built
 
@@ -30,6 +30,10 @@ bench: setup
 
 test: setup
 	$(PY) -m pytest tests $(ARGS)
+
+# the suite against the oldest supported torch / triton, in .venv-compat (scripts/test_compat.sh)
+test-compat:
+	scripts/test_compat.sh $(ARGS)
 
 info: setup
 	$(PY) -m vqvae_fast info
