@@ -49,9 +49,8 @@ void border_im2col_cpu(const at::Tensor& x, const ConvGeometry& g, const OutputR
                 "border_im2col_cpu: cols must have the opmath dtype of x");
     const scalar_t* src = x.const_data_ptr<scalar_t>();
     acc_t* dst = cols.mutable_data_ptr<acc_t>();
-    // One task per range of im2col rows k = (c, i, j): the tap's geometry is worked out once
-    // per k (the rows of a border are short, and divisions per row would cost more than the copy),
-    // then each image n gets its row of L elements.
+    // Tasks take ranges of im2col rows k = (c, i, j): the tap's geometry is worked out once per
+    // k, then each image n gets its row of L elements.
     const int64_t K = rows / b.N;
     at::parallel_for(0, K, std::max<int64_t>(1, kGrain / std::max<int64_t>(b.N * L, 1)),
                      [&](int64_t k_begin, int64_t k_end) {
