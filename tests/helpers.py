@@ -1,13 +1,30 @@
-"""Comparison helpers: the tolerances of DESIGN.md section 4, in one place."""
+"""Comparison helpers (the tolerances of DESIGN.md section 4, in one place) and the device a
+forced backend runs on."""
 
 from __future__ import annotations
 
 from typing import Callable, Sequence
 
+import pytest
 import torch
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
+
+def device_for_backend(backend: str) -> str:
+    """The device on which a test runs ``backend`` forced: CPU, except Triton without its
+    interpreter, which needs CUDA; skips the test where Triton cannot run at all."""
+    if backend != "triton":
+        return "cpu"
+    from vqvae_fast import _backend
+
+    if _backend.triton_status() is not None:
+        pytest.skip(_backend.triton_status())
+    if _backend.triton_interpreting():
+        return "cpu"
+    if not torch.cuda.is_available():
+        pytest.skip("Triton needs a GPU or its interpreter (TRITON_INTERPRET=1)")
+    return "cuda"
 
 def to_dtype(args: Sequence, dtype: torch.dtype) -> list:
     """Floating tensors among ``args`` cast to ``dtype`` (others unchanged)."""

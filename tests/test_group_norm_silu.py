@@ -17,7 +17,7 @@ import vqvae_fast
 from vqvae_fast.nn import GroupNormSiLU
 from vqvae_fast.reference import ops as R
 
-from helpers import assert_matches_reference, max_abs_error
+from helpers import assert_matches_reference, device_for_backend, max_abs_error
 
 ops_module = sys.modules["vqvae_fast.ops.group_norm_silu"]
 EPS = 1e-6
@@ -27,18 +27,7 @@ EPS = 1e-6
 def backend_device(request):
     """``(backend, device)`` with that backend forced: the cpu backend on CPU tensors; the triton
     backend on CPU tensors through the interpreter, or on CUDA tensors where there is a GPU."""
-    from vqvae_fast import _backend
-
-    if request.param == "cpu":
-        device = "cpu"
-    elif _backend.triton_status() is not None:
-        pytest.skip(_backend.triton_status())
-    elif _backend.triton_interpreting():
-        device = "cpu"
-    elif torch.cuda.is_available():
-        device = "cuda"
-    else:
-        pytest.skip("Triton needs a GPU or its interpreter (TRITON_INTERPRET=1)")
+    device = device_for_backend(request.param)
     with vqvae_fast.use_backend(request.param):
         yield request.param, device
 

@@ -27,10 +27,9 @@ import pytest
 import torch
 
 import vqvae_fast
-from vqvae_fast import _backend
 from vqvae_fast.reference import ops as R
 
-from helpers import assert_matches_reference, max_abs_error
+from helpers import assert_matches_reference, device_for_backend, max_abs_error
 
 EPS32 = torch.finfo(torch.float32).eps
 
@@ -38,14 +37,7 @@ EPS32 = torch.finfo(torch.float32).eps
 @pytest.fixture(params=["cpu", "triton"])
 def fast_backend(request):
     """``(backend, device)`` with a fast backend forced: cpu, or Triton (interpreter / GPU)."""
-    device = "cpu"
-    if request.param == "triton":
-        if _backend.triton_status() is not None:
-            pytest.skip(_backend.triton_status())
-        if not _backend.triton_interpreting():
-            if not torch.cuda.is_available():
-                pytest.skip("Triton needs a GPU or its interpreter")
-            device = "cuda"
+    device = device_for_backend(request.param)
     with vqvae_fast.use_backend(request.param):
         yield request.param, device
 
@@ -174,14 +166,7 @@ ARGMIN_RUNS = [("reference", "ieee"), ("cpu", "ieee"), ("triton", "ieee"), ("tri
 def argmin_run(request):
     """``(backend, argmin(z, codebook, **kwargs))`` with the backend forced."""
     backend, precision = request.param
-    device = "cpu"
-    if backend == "triton":
-        if _backend.triton_status() is not None:
-            pytest.skip(_backend.triton_status())
-        if not _backend.triton_interpreting():
-            if not torch.cuda.is_available():
-                pytest.skip("Triton needs a GPU or its interpreter")
-            device = "cuda"
+    device = device_for_backend(backend)
 
     def argmin(z, codebook, **kwargs):
         result = vqvae_fast.codebook_argmin(z.to(device), codebook.to(device), precision, **kwargs)
@@ -376,14 +361,7 @@ def test_group_norm_non_finite_forward_and_backward(fast_backend, value, shape):
 def any_backend(request):
     """``(backend, device)``: the reference and cpu backends on CPU, Triton in its interpreter or
     on the GPU (where the order of the argmin's atomics really varies)."""
-    device = "cpu"
-    if request.param == "triton":
-        if _backend.triton_status() is not None:
-            pytest.skip(_backend.triton_status())
-        if not _backend.triton_interpreting():
-            if not torch.cuda.is_available():
-                pytest.skip("Triton needs a GPU or its interpreter")
-            device = "cuda"
+    device = device_for_backend(request.param)
     with vqvae_fast.use_backend(request.param):
         yield request.param, device
 

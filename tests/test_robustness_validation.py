@@ -26,8 +26,9 @@ from torch import nn
 
 import vqvae_fast
 import vqvae_fast.nn as fast_nn
-from vqvae_fast import _backend
 from vqvae_fast.reference import blocks as ref_blocks
+
+from helpers import device_for_backend
 
 # ----------------------------------------------------------------------------------------------
 # Small modules and models
@@ -255,14 +256,7 @@ def test_float_inputs_of_other_dtypes_are_fine_under_autocast():
 @pytest.fixture(params=["reference", "cpu", "triton"])
 def backend_device(request):
     """``(backend, device)`` with that backend forced (ops without it keep their own choice)."""
-    device = "cpu"
-    if request.param == "triton":
-        if _backend.triton_status() is not None:
-            pytest.skip(_backend.triton_status())
-        if not _backend.triton_interpreting():
-            if not torch.cuda.is_available():
-                pytest.skip("Triton needs a GPU or its interpreter")
-            device = "cuda"
+    device = device_for_backend(request.param)
     with vqvae_fast.use_backend(request.param):
         yield request.param, device
 
