@@ -82,6 +82,21 @@ def _silu_grad(dy, z):
 
 
 @triton.jit
+def _tile_of_program(pid, C, S, NUM_CB, NUM_SB, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
+    """The ``[BLOCK_C, BLOCK_S]`` tile of program ``pid`` in the split elementwise kernels
+    (spatial blocks fastest, then channel blocks, then samples): ``(n, c, s, cmask, mask)``."""
+    sb = pid % NUM_SB
+    rest = pid // NUM_SB
+    cb = rest % NUM_CB
+    n = rest // NUM_CB
+    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    s = sb * BLOCK_S + tl.arange(0, BLOCK_S)
+    cmask = c < C
+    mask = cmask[:, None] & (s < S)[None, :]
+    return n, c, s, cmask, mask
+
+
+@triton.jit
 def _gn_fwd_fused_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr,
     S, G, CPG,
@@ -214,15 +229,7 @@ def _gn_fwd_apply_kernel(
     SILU: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
     """Elementwise ``y = act(((x - mean) * rstd) * w + b)`` on one ``[BLOCK_C, BLOCK_S]`` tile."""
-    pid = tl.program_id(0)
-    sb = pid % NUM_SB
-    rest = pid // NUM_SB
-    cb = rest % NUM_CB
-    n = rest // NUM_CB
-    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
-    s = sb * BLOCK_S + tl.arange(0, BLOCK_S)
-    cmask = c < C
-    mask = cmask[:, None] & (s < S)[None, :]
+    n, c, s, cmask, mask = _tile_of_program(tl.program_id(0), C, S, NUM_CB, NUM_SB, BLOCK_C, BLOCK_S)
     grp = n * G + c // CPG
     mean = tl.load(mean_ptr + grp, mask=cmask, other=0.0)
     scale = tl.load(rstd_ptr + grp, mask=cmask, other=0.0)
@@ -420,15 +427,7 @@ def _gn_bwd_dx_kernel(
     SILU: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
     """Elementwise ``dx = rstd * (w*dz - c2 - xhat*c1)`` on one ``[BLOCK_C, BLOCK_S]`` tile."""
-    pid = tl.program_id(0)
-    sb = pid % NUM_SB
-    rest = pid // NUM_SB
-    cb = rest % NUM_CB
-    n = rest // NUM_CB
-    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
-    s = sb * BLOCK_S + tl.arange(0, BLOCK_S)
-    cmask = c < C
-    mask = cmask[:, None] & (s < S)[None, :]
+    n, c, s, cmask, mask = _tile_of_program(tl.program_id(0), C, S, NUM_CB, NUM_SB, BLOCK_C, BLOCK_S)
     grp = n * G + c // CPG
     mean = tl.load(mean_ptr + grp, mask=cmask, other=0.0)
     rstd = tl.load(rstd_ptr + grp, mask=cmask, other=0.0)
