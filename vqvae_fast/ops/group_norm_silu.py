@@ -292,12 +292,7 @@ def _cpu_group_norm_silu(x, num_groups, weight, bias, eps, activation):
         return _call_op(x, num_groups, weight, bias, eps, activation)
     params = [p for p in (weight, bias) if p is not None]
     if not (torch.is_grad_enabled() and any(t.requires_grad for t in [x, *params])):
-        N, C = x.shape[0], x.shape[1]
-        x = x.contiguous(memory_format=output_memory_format(x))  # native needs it (torch 2.11)
-        y = torch.native_group_norm(x, weight, bias, N, C, math.prod(x.shape[2:]), num_groups, eps)[0]
-        if silu:
-            torch.nn.functional.silu(y, inplace=True)
-        return y if y.is_contiguous() else y.contiguous(memory_format=output_memory_format(x))
+        return _native_forward(x, num_groups, weight, bias, eps, silu)[0]
     if bias is not None and weight is None:
         # ATen's group norm backward fails here (mixed dtypes; any dtype on torch 2.11); the
         # custom op's backward sums dbias itself
