@@ -2,7 +2,7 @@
 
 ``INPUT`` may be
 
-* a folder: walked recursively (sorted, hidden entries skipped); images, ``.tar`` shards and
+* a folder: walked recursively (hidden entries skipped), inputs sorted by relative path; images, ``.tar`` shards and
   videos found anywhere below it are inputs;
 * a ``.tar`` file: a webdataset-style shard (uncompressed tar); each image member is an input,
   read later by offset without unpacking;
@@ -73,7 +73,7 @@ def file_items(path: str, source: str, fps: float) -> list[Item]:
 
 
 def walk(folder: str):
-    """Files below ``folder`` in sorted order, hidden files and folders skipped."""
+    """Files below ``folder``, hidden files and folders skipped."""
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
@@ -105,7 +105,7 @@ def discover(input_path: str, fps: float = 1.0) -> list[Item]:
         raise ValueError(f"input {input_path!r} does not exist")
     wanted = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS + TAR_EXTENSIONS
     if os.path.isdir(input_path):
-        paths = [p for p in walk(input_path) if lower_ext(p) in wanted]
+        paths = sorted(p for p in walk(input_path) if lower_ext(p) in wanted)  # sorted by relative path
         root = input_path
     elif lower_ext(input_path) in wanted:
         paths, root = [input_path], os.path.dirname(os.path.abspath(input_path))

@@ -54,8 +54,12 @@ class Preprocess:
         out_h, out_w = self.size
         if self.crop == "stretch":
             return (0.0, 0.0, float(width), float(height))
-        scale = max(out_w / width, out_h / height)  # the smallest scale that covers the output
-        box_w, box_h = out_w / scale, out_h / scale
+        # the largest box of the output's aspect ratio inside the image (integer comparison: no
+        # rounding can make the box stick out)
+        if out_w * height >= out_h * width:  # the image is taller than the output: full width
+            box_w, box_h = float(width), width * out_h / out_w
+        else:
+            box_w, box_h = height * out_w / out_h, float(height)
         left, top = (width - box_w) / 2, (height - box_h) / 2
         return (left, top, left + box_w, top + box_h)
 
