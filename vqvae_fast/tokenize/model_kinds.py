@@ -322,11 +322,11 @@ def load_diffusers(source: ModelSource, device: torch.device, dtype: torch.dtype
         raise ValueError("diffusers models need the diffusers package: pip install diffusers") from err
     import vqvae_fast
 
-    model = VQModel.from_pretrained(source.path, local_files_only=True)
+    model = VQModel.from_pretrained(source.path, local_files_only=True, low_cpu_mem_usage=False, torch_dtype=dtype)
     vqvae_fast.accelerate(model)
     if not hasattr(model.quantize, "nearest_codes"):
         raise ValueError(f"model {source.path!r}: its quantizer could not be accelerated")
-    model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    model = model.to(device=device).eval().requires_grad_(False)
     cfg = model.config
     description = {"class": "diffusers.VQModel (vqvae_fast.accelerate)", "n_embed": cfg.num_vq_embeddings,
                    "embed_dim": cfg.vq_embed_dim or cfg.latent_channels}
