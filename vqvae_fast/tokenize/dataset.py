@@ -108,7 +108,7 @@ def group_batches(items: list[Item], batch_size: int) -> list[list[int]]:
 
 
 def make_loader(items: list[Item], preprocess: Preprocess, *, batch_size: int, workers: int, prefetch: int,
-                pin_memory: bool, fps: float = 1.0) -> DataLoader:
+                pin_memory: bool, fps: float = 1.0, persistent_workers: bool = False) -> DataLoader:
     """A DataLoader over ``items``: ``workers`` processes decode, each ``prefetch`` batches ahead."""
     return DataLoader(
         ItemDataset(items, preprocess, fps),
@@ -117,5 +117,5 @@ def make_loader(items: list[Item], preprocess: Preprocess, *, batch_size: int, w
         collate_fn=collate,
         pin_memory=pin_memory,
         prefetch_factor=prefetch if workers > 0 else None,
-        persistent_workers=False,
+        persistent_workers=persistent_workers and workers > 0,  # True: iterate again without new workers
     )

@@ -146,13 +146,10 @@ def make_bar(total: int, ctx: Context, enabled: bool):
                 mininterval=0.5 if tty else 30.0)
 
 
-def encode_items(todo: list[Item], model, writer: ShardWriter, ctx: Context, pre: Preprocess, *, batch_size: int,
-                 workers: int, prefetch: int, fps: float, progress: bool) -> tuple[int, int, int]:
-    """Encode ``todo`` and commit it; returns ``(done, failed, rows)``."""
-    loader = make_loader(todo, pre, batch_size=batch_size, workers=workers, prefetch=prefetch,
-                         pin_memory=ctx.device.type == "cuda", fps=fps)
-    encoder = Encoder(model, ctx.device, writer.dtype, writer.grid, batch_size)
-    bar = make_bar(len(todo), ctx, progress)
+def encode_batches(loader, todo: list[Item], model, writer: ShardWriter, device: torch.device, *, chunk: int,
+                   bar=None) -> tuple[int, int, int]:
+    """Encode every batch of ``loader`` (over ``todo``) and commit it; returns ``(done, failed, rows)``."""
+    encoder = Encoder(model, device, writer.dtype, writer.grid, chunk)
     done = failed = rows = 0
 
     def finish(launched) -> None:
@@ -167,19 +164,31 @@ def encode_items(todo: list[Item], model, writer: ShardWriter, ctx: Context, pre
                 bar.set_postfix(failed=failed, refresh=False)
 
     pending = None
-    try:
-        for batch in loader:
-            launched = encoder.launch(batch)
-            if pending is not None:
-                finish(pending)
-            pending = launched
+    for batch in loader:
+        launched = encoder.launch(batch)  # batch i + 1 is queued before batch i is read back
         if pending is not None:
             finish(pending)
+        pending = launched
+    if pending is not None:
+        finish(pending)
+    writer.commit()
+    return done, failed, rows
+
+
+def encode_items(todo: list[Item], model, writer: ShardWriter, ctx: Context, pre: Preprocess, *, batch_size: int,
+                 workers: int, prefetch: int, fps: float, progress: bool) -> tuple[int, int, int]:
+    """Encode ``todo`` through a DataLoader and commit it; returns ``(done, failed, rows)``."""
+    if not todo:
         writer.commit()
+        return 0, 0, 0
+    loader = make_loader(todo, pre, batch_size=batch_size, workers=workers, prefetch=prefetch,
+                         pin_memory=ctx.device.type == "cuda", fps=fps)
+    bar = make_bar(len(todo), ctx, progress)
+    try:
+        return encode_batches(loader, todo, model, writer, ctx.device, chunk=batch_size, bar=bar)
     finally:
         if bar is not None:
             bar.close()
-    return done, failed, rows
 
 
 def prepare_out(out: str, header: dict, dry_run: bool) -> list[str]:
