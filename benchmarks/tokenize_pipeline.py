@@ -109,7 +109,8 @@ class TokenizeBench(OpBench):
 
             return Runner(run, [], f"{case.dtype} model on device batches")
         if provider == "vqvae_fast":
-            return Runner(lambda: self.pipeline(e, model, device, batch), [], f"{case.shape.dims[3]} workers")
+            label = f"{device.type}:{case.shape.dims[3]} workers"
+            return Runner(lambda: self.pipeline(e, model, device, batch), [], label)
         if provider == "reference":
             return Runner(lambda: self.naive_loop(e, model, device), [], "batch-1 loop, npy per image")
         raise ProviderUnavailable(f"no provider {provider!r} for {self.name}")
