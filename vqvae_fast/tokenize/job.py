@@ -138,7 +138,10 @@ def batch_records(batch: Batch, items: list[Item]) -> list[dict]:
 def make_bar(total: int, ctx: Context, enabled: bool):
     if not enabled or ctx.rank != 0:
         return None
-    from tqdm.auto import tqdm
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # the bar is optional: pip install tqdm
+        return None
 
     tty = sys.stderr.isatty()
     desc = "tokenize" if ctx.world_size == 1 else f"tokenize (rank 0 of {ctx.world_size})"
@@ -240,6 +243,10 @@ def tokenize(input, out, model: str, *, config: str | None = None, checkpoint: s
     if not isinstance(out, (str, os.PathLike)):
         raise TypeError(f"out must be a path, got {type(out).__name__}")
     out = os.fspath(out)
+    try:
+        import PIL  # noqa: F401 - decoding needs it; fail here, not once per image in the workers
+    except ImportError as err:
+        raise ImportError("vqvae_fast.tokenize needs Pillow to read images: pip install pillow") from err
     source = resolve_model_source(model, config=config, checkpoint=checkpoint, level=level)
     ctx = Context.from_environment(device, timeout_s)
     try:
@@ -280,7 +287,7 @@ def run(ctx: Context, input, out: str, source, size, crop, torch_dtype, *, batch
     counts = {"already": sum(it.source in settled for it in mine),
               "unsupported": sum(it.kind == "unsupported" and it.source not in settled for it in mine)}
     if dry_run:
-        counts.update(done=len(todo), failed=0, rows=0)
+        counts.update(done=len(todo), failed=0, rows=0, first=[it.source for it in todo[:3]])
     else:
         writer = ShardWriter(out, ctx.rank, dtype, grid, shard_size, ShardWriter.first_free_index(out, ctx.rank))
         done, failed, rows = encode_items(todo, model, writer, ctx, pre, batch_size=batch_size, workers=workers,
@@ -292,6 +299,10 @@ def run(ctx: Context, input, out: str, source, size, crop, torch_dtype, *, batch
     summary = Summary(out, sum(c["done"] for c in gathered), sum(c["failed"] for c in gathered),
                       sum(c["already"] for c in gathered), sum(c["unsupported"] for c in gathered),
                       sum(c["rows"] for c in gathered), max(c["seconds"] for c in gathered), ctx.world_size, dry_run)
+    if dry_run:
+        for rank, c in enumerate(gathered):
+            shown = ", ".join(c["first"]) + (", ..." if c["done"] > len(c["first"]) else "")
+            summary.notes.append(f"rank {rank}: {c['done']} inputs to tokenize" + (f": {shown}" if shown else ""))
     if removed:
         summary.notes.append(f"removed {len(removed)} uncommitted files left by an interrupted run")
     if summary.unsupported:
