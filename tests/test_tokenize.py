@@ -265,3 +265,31 @@ def test_bad_arguments_raise_clear_errors(data, tmp_path):
     with pytest.raises(ValueError, match="no header.json"):
         load_codes(str(tmp_path))
     assert not os.path.exists(out)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_cuda_pipeline_matches_the_model_on_cuda(data, tmp_path, dtype):
+    """Pinned batches, asynchronous copies and the one-batch-late read-back give the model's codes."""
+    out = str(tmp_path / "out")
+    summary = vqvae_fast.tokenize(str(data["root"] / "images"), out, data["checkpoint"], device="cuda",
+                                  **{**RUN, "dtype": dtype, "workers": 2})
+    assert (summary.done, summary.failed) == (50, 3)
+    model = load_fast_model(data["checkpoint"]).to("cuda", {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype])
+    from vqvae_fast.tokenize.dataset import group_batches
+
+    items = discover(str(data["root"] / "images"))
+    expected = []
+    for positions in group_batches(items, 8):  # the job's batches, so that the same kernels run
+        names = [items[p].source for p in positions if items[p].source not in CORRUPT]
+        expected.append(codes_of(model, preprocessed(data["root"] / "images", names).cuda()))
+    expected = torch.cat(expected)
+    np.testing.assert_array_equal(load_codes(out).codes, expected.cpu().numpy())
+
+
+def codes_of(model, pixels: torch.Tensor) -> torch.Tensor:
+    """The model's own encode on uint8 pixels, scaled as the taming kind scales them, in its dtype."""
+    x = (pixels.float() / 127.5 - 1.0).to(next(model.parameters()).dtype)
+    with torch.no_grad():
+        _, _, (_, _, indices) = model.encode(x)
+    return indices.reshape(x.shape[0], x.shape[2] // 2, x.shape[3] // 2)

@@ -26,7 +26,7 @@ from .dataset import Batch, make_loader
 from .distributed import DEFAULT_TIMEOUT_S, Context, partition
 from .inputs import Item, discover
 from .model_kinds import fingerprint, load_model, resolve_model_source
-from .preprocess import Preprocess, parse_size
+from .preprocess import CROPS, Preprocess, parse_size
 from .shards import ShardWriter, clean_uncommitted, codes_dtype, read_committed, shard_dir
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -90,7 +90,7 @@ def check_positive(name: str, value, *, allow_zero: bool = False) -> int:
     return value
 
 
-class Encoder:
+class BatchEncoder:
     """Runs the model on batches and hands the codes back one batch late (see the module doc)."""
 
     def __init__(self, model, device: torch.device, dtype: np.dtype, grid: tuple[int, int], chunk: int):
@@ -152,12 +152,12 @@ def make_bar(total: int, ctx: Context, enabled: bool):
 def encode_batches(loader, todo: list[Item], model, writer: ShardWriter, device: torch.device, *, chunk: int,
                    bar=None) -> tuple[int, int, int]:
     """Encode every batch of ``loader`` (over ``todo``) and commit it; returns ``(done, failed, rows)``."""
-    encoder = Encoder(model, device, writer.dtype, writer.grid, chunk)
+    encoder = BatchEncoder(model, device, writer.dtype, writer.grid, chunk)
     done = failed = rows = 0
 
     def finish(launched) -> None:
         nonlocal done, failed, rows
-        batch, codes = Encoder.result(launched)
+        batch, codes = BatchEncoder.result(launched)
         codes = np.empty((0, *writer.grid), writer.dtype) if codes is None else codes
         writer.add(codes, batch_records(batch, todo))
         done, failed, rows = done + len(batch.ok), failed + len(batch.failed), rows + codes.shape[0]
@@ -238,6 +238,8 @@ def tokenize(input, out, model: str, *, config: str | None = None, checkpoint: s
     for name, value in (("batch_size", batch_size), ("prefetch", prefetch), ("shard_size", shard_size)):
         check_positive(name, value)
     workers = default_workers() if workers is None else check_positive("workers", workers, allow_zero=True)
+    if crop not in CROPS:
+        raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
     if not isinstance(fps, (int, float)) or not fps > 0:
         raise ValueError(f"fps must be a positive number, got {fps!r}")
     if not isinstance(out, (str, os.PathLike)):
