@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 TOKENIZE_EPILOG = """\
@@ -77,8 +78,6 @@ def cmd_tokenize(args) -> int:
                            retry_failed=args.retry_failed, dry_run=args.dry_run, progress=not args.no_progress)
     except (ValueError, TypeError) as err:
         return fail("tokenize", err)
-    import os
-
     if int(os.environ.get("RANK", 0)) == 0:
         print(f"vqvae-fast tokenize: {summary}")
         if summary.manifest:
