@@ -71,7 +71,7 @@ class TokenizeBench(OpBench):
 
     def make_inputs(self, case, device, requires_grad, gen):
         from vqvae_fast import configs, reference
-        from vqvae_fast.tokenize.dataset import make_loader
+        from vqvae_fast.tokenize.dataset import loader_batch_size, make_loader
         from vqvae_fast.tokenize.inputs import discover
         from vqvae_fast.tokenize.model_kinds import load_model, resolve_model_source
         from vqvae_fast.tokenize.preprocess import Preprocess
@@ -91,7 +91,7 @@ class TokenizeBench(OpBench):
         model = load_model(resolve_model_source(p["config"], checkpoint=checkpoint), device, TORCH_DTYPES[case.dtype])
         items = discover(os.path.join(folder, "images"))
         pre = Preprocess((res, res))
-        loader = make_loader(items, pre, batch_size=batch, workers=workers, prefetch=4,
+        loader = make_loader(items, pre, batch_size=loader_batch_size(batch, workers), workers=workers, prefetch=4,
                              pin_memory=device.type == "cuda", persistent_workers=True)
         batches = [b.pixels.to(device) for b in make_loader(items, pre, batch_size=batch, workers=0, prefetch=1,
                                                              pin_memory=False)]

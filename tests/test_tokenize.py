@@ -276,13 +276,16 @@ def test_cuda_pipeline_matches_the_model_on_cuda(data, tmp_path, dtype):
                                   **{**RUN, "dtype": dtype, "workers": 2})
     assert (summary.done, summary.failed) == (50, 3)
     model = load_fast_model(data["checkpoint"]).to("cuda", {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype])
-    from vqvae_fast.tokenize.dataset import group_batches
+    from vqvae_fast.tokenize.dataset import group_batches, loader_batch_size
 
     items = discover(str(data["root"] / "images"))
-    expected = []
-    for positions in group_batches(items, 8):  # the job's batches, so that the same kernels run
-        names = [items[p].source for p in positions if items[p].source not in CORRUPT]
-        expected.append(codes_of(model, preprocessed(data["root"] / "images", names).cuda()))
+    expected, names = [], []
+    for positions in group_batches(items, loader_batch_size(8, 2)):  # the job's model batches: loader
+        names += [items[p].source for p in positions if items[p].source not in CORRUPT]  # batches joined
+        if len(names) >= 8 or positions[-1] == len(items) - 1:  # until they hold 8 images
+            pixels = preprocessed(data["root"] / "images", names).cuda()
+            expected += [codes_of(model, pixels[i:i + 8]) for i in range(0, len(names), 8)]  # 8 per call
+            names = []
     expected = torch.cat(expected)
     np.testing.assert_array_equal(load_codes(out).codes, expected.cpu().numpy())
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from . import manifest as mf
-from .dataset import Batch, make_loader
+from .dataset import Batch, loader_batch_size, make_loader, model_batches
 from .distributed import DEFAULT_TIMEOUT_S, Context, partition
 from .inputs import Item, discover
 from .model_kinds import fingerprint, load_model, resolve_model_source
@@ -97,41 +97,44 @@ class BatchEncoder:
         self.model, self.device, self.grid, self.chunk = model, device, tuple(grid), chunk
         self.torch_dtype = {np.uint8: torch.uint8, np.int16: torch.int16, np.int32: torch.int32}[dtype.type]
 
-    def launch(self, batch: Batch):
-        if batch.pixels.shape[0] == 0:
-            return batch, None, None
-        x = batch.pixels.to(self.device, non_blocking=True)
+    def launch(self, group: list[Batch]):
+        """Queue the copies and the encode of one model batch; returns what ``result`` reads."""
+        parts = [b.pixels.to(self.device, non_blocking=True) for b in group if b.ok]  # from pinned memory
+        if not parts:
+            return group, None, None
+        x = parts[0] if len(parts) == 1 else torch.cat(parts)
         codes = torch.cat([self.model.encode_to_codes(x[i:i + self.chunk])[0]
                            for i in range(0, x.shape[0], self.chunk)])
         if tuple(codes.shape[1:]) != self.grid:
             raise RuntimeError(f"the model produced a {tuple(codes.shape[1:])} grid, expected {self.grid}")
         codes = codes.to(self.torch_dtype)
         if self.device.type != "cuda":
-            return batch, codes, None
+            return group, codes, None
         host = torch.empty(codes.shape, dtype=codes.dtype, pin_memory=True)
         host.copy_(codes, non_blocking=True)
         event = torch.cuda.Event()
         event.record()
-        return batch, host, event
+        return group, host, event
 
     @staticmethod
-    def result(launched) -> tuple[Batch, np.ndarray | None]:
-        batch, host, event = launched
+    def result(launched) -> tuple[list[Batch], np.ndarray | None]:
+        group, host, event = launched
         if event is not None:
             event.synchronize()
-        return batch, None if host is None else host.numpy()
+        return group, None if host is None else host.numpy()
 
 
-def batch_records(batch: Batch, items: list[Item]) -> list[dict]:
+def batch_records(group: list[Batch], items: list[Item]) -> list[dict]:
     """Records in the order of the codes' rows (ok inputs, one per frame), then the failures."""
     records = []
-    for position, rows, frames in batch.ok:
+    for position, rows, frames in (ok for batch in group for ok in batch.ok):
         source = items[position].source
         if frames:
             records += [{"source": source, "status": "ok", "frame": f, "time": round(t, 6)} for f, t in frames]
         else:
             records.append({"source": source, "status": "ok"})
-    records += [{"source": items[p].source, "status": "failed", "reason": reason} for p, reason in batch.failed]
+    records += [{"source": items[p].source, "status": "failed", "reason": reason}
+                for batch in group for p, reason in batch.failed]
     return records
 
 
@@ -151,24 +154,26 @@ def make_bar(total: int, ctx: Context, enabled: bool):
 
 def encode_batches(loader, todo: list[Item], model, writer: ShardWriter, device: torch.device, *, chunk: int,
                    bar=None) -> tuple[int, int, int]:
-    """Encode every batch of ``loader`` (over ``todo``) and commit it; returns ``(done, failed, rows)``."""
+    """Encode ``loader``'s batches (over ``todo``) in model batches of ``chunk`` rows and commit
+    them; returns ``(done, failed, rows)``."""
     encoder = BatchEncoder(model, device, writer.dtype, writer.grid, chunk)
     done = failed = rows = 0
 
     def finish(launched) -> None:
         nonlocal done, failed, rows
-        batch, codes = BatchEncoder.result(launched)
+        group, codes = BatchEncoder.result(launched)
         codes = np.empty((0, *writer.grid), writer.dtype) if codes is None else codes
-        writer.add(codes, batch_records(batch, todo))
-        done, failed, rows = done + len(batch.ok), failed + len(batch.failed), rows + codes.shape[0]
+        writer.add(codes, batch_records(group, todo))
+        ok, bad = sum(len(b.ok) for b in group), sum(len(b.failed) for b in group)
+        done, failed, rows = done + ok, failed + bad, rows + codes.shape[0]
         if bar is not None:
-            bar.update(len(batch.ok) + len(batch.failed))
+            bar.update(ok + bad)
             if failed:
                 bar.set_postfix(failed=failed, refresh=False)
 
     pending = None
-    for batch in loader:
-        launched = encoder.launch(batch)  # batch i + 1 is queued before batch i is read back
+    for group in model_batches(loader, chunk):
+        launched = encoder.launch(group)  # batch i + 1 is queued before batch i is read back
         if pending is not None:
             finish(pending)
         pending = launched
@@ -184,8 +189,8 @@ def encode_items(todo: list[Item], model, writer: ShardWriter, ctx: Context, pre
     if not todo:
         writer.commit()
         return 0, 0, 0
-    loader = make_loader(todo, pre, batch_size=batch_size, workers=workers, prefetch=prefetch,
-                         pin_memory=ctx.device.type == "cuda", fps=fps)
+    loader = make_loader(todo, pre, batch_size=loader_batch_size(batch_size, workers), workers=workers,
+                         prefetch=prefetch, pin_memory=ctx.device.type == "cuda", fps=fps)
     bar = make_bar(len(todo), ctx, progress)
     try:
         return encode_batches(loader, todo, model, writer, ctx.device, chunk=batch_size, bar=bar)
