@@ -68,6 +68,7 @@ def fail(command: str, err: Exception) -> int:
 
 
 def cmd_tokenize(args) -> int:
+    from .distributed import RankError
     from .job import tokenize
 
     try:
@@ -76,7 +77,7 @@ def cmd_tokenize(args) -> int:
                            batch_size=args.batch_size, workers=args.workers, prefetch=args.prefetch,
                            shard_size=args.shard_size, device=args.device, fps=args.fps,
                            retry_failed=args.retry_failed, dry_run=args.dry_run, progress=not args.no_progress)
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, ImportError, RankError) as err:
         return fail("tokenize", err)
     if int(os.environ.get("RANK", 0)) == 0:
         print(f"vqvae-fast tokenize: {summary}")
@@ -92,7 +93,7 @@ def cmd_detokenize(args) -> int:
         paths = detokenize(args.out, args.dest, count=args.count, sources=args.source, model=args.model,
                            config=args.config, checkpoint=args.checkpoint, device=args.device, dtype=args.dtype,
                            batch_size=args.batch_size)
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, ImportError) as err:
         return fail("detokenize", err)
     print(f"vqvae-fast detokenize: wrote {len(paths)} images to {args.dest}")
     return 0
