@@ -20,13 +20,15 @@ Dims per op:
                      (taming's ``Downsample``).
 ``vqmodel``          ``(batch, resolution)`` plus ``config`` and ``stage`` (encode, decode,
                      forward) in ``params``: the reference ``VQModel`` end to end.
+``tokenize``         ``(images, resolution, batch, workers)`` plus ``config`` and the JPEGs'
+                     size ``jpeg`` (height, width): the dataset tokenizer end to end.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-OPS = ("group_norm_silu", "spatial_attention", "codebook_argmin", "padded_conv2d", "vqmodel")
+OPS = ("group_norm_silu", "spatial_attention", "codebook_argmin", "padded_conv2d", "vqmodel", "tokenize")
 SETS = ("quick", "full", "cpu", "tiny")
 DTYPES = ("fp32", "fp16", "bf16")
 MODES = ("forward", "backward", "forward+backward")
@@ -110,6 +112,15 @@ SHAPES: tuple[Shape, ...] = (
     _s("vqmodel", (1, 64), "f16 VQGAN decode to 64²", "cpu", config=F16, stage="decode"),
     _s("vqmodel", (1, 64), "f16 VQGAN forward, 64²", "cpu", config=F16, stage="forward"),
     _s("vqmodel", (1, 32), "tiny config forward, 32²", "tiny", config="tiny", stage="forward"),
+    # tokenize, the dataset job: (images, resolution, batch, DataLoader workers)
+    # (512 in the quick set: the batch-1 loop takes ~7 ms an image and runs 9 times per case)
+    _s("tokenize", (512, 256, 64, 8), "f16 VQGAN tokenizing 512 JPEGs of 384x320 to 256², batch 64, 8 workers",
+       "quick", "full", config=F16, jpeg=(320, 384)),
+    _s("tokenize", (2048, 256, 128, 16), "f16 VQGAN tokenizing 2048 JPEGs of 384x320, batch 128, 16 workers", "full",
+       config=F16, jpeg=(320, 384)),
+    _s("tokenize", (48, 32, 8, 1), "tiny config tokenizing 48 JPEGs of 48x40 to 32², batch 8, 1 worker", "cpu",
+       config="tiny", jpeg=(40, 48)),
+    _s("tokenize", (8, 32, 4, 1), "tiny config tokenizing 8 JPEGs", "tiny", config="tiny", jpeg=(40, 48)),
 )
 
 
@@ -130,6 +141,7 @@ MATRIX: dict[str, dict[str, Matrix]] = {
         "codebook_argmin": Matrix(("fp32",), ("rows",), FORWARD),
         "padded_conv2d": Matrix(("bf16",), IMAGE_FORMATS, FWD_FWDBWD),
         "vqmodel": Matrix(("bf16",), ("nchw",), FORWARD),
+        "tokenize": Matrix(("bf16",), ("nchw",), FORWARD),
     },
     "full": {
         "group_norm_silu": Matrix(("bf16", "fp16", "fp32"), IMAGE_FORMATS, ALL_MODES),
@@ -137,6 +149,7 @@ MATRIX: dict[str, dict[str, Matrix]] = {
         "codebook_argmin": Matrix(("fp32", "bf16"), ("rows",), FORWARD),
         "padded_conv2d": Matrix(("bf16", "fp16", "fp32"), IMAGE_FORMATS, ALL_MODES),
         "vqmodel": Matrix(("bf16", "fp32"), ("nchw",), FWD_FWDBWD),
+        "tokenize": Matrix(("bf16",), ("nchw",), FORWARD),
     },
     "cpu": {
         "group_norm_silu": Matrix(("fp32",), ("nchw",), FWD_FWDBWD),
@@ -144,6 +157,7 @@ MATRIX: dict[str, dict[str, Matrix]] = {
         "codebook_argmin": Matrix(("fp32",), ("rows",), FORWARD),
         "padded_conv2d": Matrix(("fp32",), ("nchw",), FWD_FWDBWD),
         "vqmodel": Matrix(("fp32",), ("nchw",), FORWARD),
+        "tokenize": Matrix(("fp32",), ("nchw",), FORWARD),
     },
     "tiny": {
         "group_norm_silu": Matrix(("fp32",), IMAGE_FORMATS, ALL_MODES),
@@ -151,6 +165,7 @@ MATRIX: dict[str, dict[str, Matrix]] = {
         "codebook_argmin": Matrix(("fp32",), ("rows",), FORWARD),
         "padded_conv2d": Matrix(("fp32",), ("nchw",), ALL_MODES),
         "vqmodel": Matrix(("fp32",), ("nchw",), FWD_FWDBWD),
+        "tokenize": Matrix(("fp32",), ("nchw",), FORWARD),
     },
 }
 

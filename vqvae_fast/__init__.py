@@ -9,7 +9,8 @@ Functional ops (each picks the best backend for its input; see ``info()``)::
 
 Fast models with the reference's configs and state_dict keys: ``VQModel``, ``AutoencoderKL``,
 ``Encoder``, ``Decoder``; ``accelerate(model)`` makes an existing taming / LDM / diffusers
-autoencoder fast in place. ``vqvae_fast.reference`` holds the pure-PyTorch reference model and
+autoencoder fast in place; ``tokenize(INPUT, OUT, model=...)`` turns a dataset into codes.
+``vqvae_fast.reference`` holds the pure-PyTorch reference model and
 ops; ``use_backend(name)`` forces a backend. Importing this package neither initialises CUDA nor needs triton or the
 compiled extension.
 """
@@ -27,6 +28,7 @@ _LAZY = {
     "Decoder": ("models", "Decoder"),
     "Encoder": ("models", "Encoder"),
     "VQModel": ("models", "VQModel"),
+    "tokenize": ("tokenize", None),  # the dataset tokenizer package (callable: vqvae_fast.tokenize(...))
 }
 
 
@@ -36,7 +38,9 @@ def __getattr__(name: str):
     import importlib
 
     module, attr = _LAZY[name]
-    value = getattr(importlib.import_module(f".{module}", __name__), attr)
+    value = importlib.import_module(f".{module}", __name__)
+    if attr is not None:
+        value = getattr(value, attr)
     globals()[name] = value
     return value
 
@@ -57,5 +61,6 @@ __all__ = [
     "padded_conv2d",
     "reference",
     "spatial_attention",
+    "tokenize",
     "use_backend",
 ]

@@ -1,4 +1,5 @@
-"""Command line: ``vqvae-fast info``, ``run`` and ``bench`` (also ``python -m vqvae_fast``)."""
+"""Command line: ``vqvae-fast info``, ``run``, ``bench``, ``tokenize`` and ``detokenize`` (also
+``python -m vqvae_fast``)."""
 
 from __future__ import annotations
 
@@ -83,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_bench_arguments(p_bench)
     p_bench.set_defaults(func=cmd_bench)
+
+    from .tokenize.cli import add_parsers as add_tokenize_parsers  # tokenize, detokenize
+
+    add_tokenize_parsers(sub)
     return parser
 
 
