@@ -68,45 +68,53 @@ def _prepare(matrix: Matrix, entry: Entry) -> envs.TorchEnv | None:
     return matrix.environment(entry.variant, entry.torch, entry.python) if entry.torch else None
 
 
-def build_all(entries: list[Entry], matrix: Matrix, args, work: str) -> tuple[list[Built], list[str]]:
-    """Build and check every entry; returns the wheels and the reasons of skipped entries."""
-    built, skipped, done = [], [], set()
+def environments(entries: list[Entry], matrix: Matrix, ahead: bool):
+    """Yield ``(entry, its cached environment or None, seconds waited for it)`` in order; with
+    ``ahead``, the next environments are prepared in a background thread meanwhile."""
+    if not ahead:
+        for entry in entries:
+            start = time.monotonic()
+            yield entry, _prepare(matrix, entry), time.monotonic() - start
+        return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare") as pool:
         futures = [pool.submit(_prepare, matrix, entry) for entry in entries]
         try:
             for entry, future in zip(entries, futures):
-                log(f"=== {entry.describe()}")
                 start = time.monotonic()
                 torch_env = future.result()
-                waited = time.monotonic() - start
-                if torch_env:
-                    python, info = torch_env.python, torch_env.info
-                else:
-                    python = envs.resolve_python(entry.python or matrix.base_python)
-                    info = envs.query_env(python)
-                try:
-                    result = build_entry(entry, python, info, args, work, done)
-                except NoCudaBuild as err:
-                    if not entry.optional:
-                        raise SystemExit(f"entry {entry.describe()}: {err}") from None
-                    skipped.append(f"{entry.describe()}: {err}")
-                    log(f"skipped: {err}")
-                    continue
-                if result is None:
-                    continue
-                result.times = {
-                    "env": torch_env.seconds if torch_env else 0.0, "env waited": waited, **result.times,
-                }
-                result.torch_env = torch_env
-                if not args.no_check:
-                    start = time.monotonic()
-                    check_wheel(result.wheel, result.arch_list, result.entry.variant, result.env_info["torch"])
-                    result.times["checks"] = time.monotonic() - start
-                built.append(result)
-        except BaseException:
+                yield entry, torch_env, time.monotonic() - start
+        finally:  # on failure, do not start preparing the rest
             for future in futures:
                 future.cancel()
-            raise
+
+
+def build_all(entries: list[Entry], matrix: Matrix, args, work: str) -> tuple[list[Built], list[str]]:
+    """Build and check every entry; returns the wheels and the reasons of skipped entries."""
+    built, skipped, done = [], [], set()
+    for entry, torch_env, waited in environments(entries, matrix, not args.no_prefetch):
+        log(f"=== {entry.describe()}")
+        if torch_env:
+            python, info = torch_env.python, torch_env.info
+        else:
+            python = envs.resolve_python(entry.python or matrix.base_python)
+            info = envs.query_env(python)
+        try:
+            result = build_entry(entry, python, info, args, work, done)
+        except NoCudaBuild as err:
+            if not entry.optional:
+                raise SystemExit(f"entry {entry.describe()}: {err}") from None
+            skipped.append(f"{entry.describe()}: {err}")
+            log(f"skipped: {err}")
+            continue
+        if result is None:
+            continue
+        result.torch_env = torch_env
+        result.times = {"env": torch_env.seconds if torch_env else 0.0, "env waited": waited, **result.times}
+        if not args.no_check:
+            start = time.monotonic()
+            check_wheel(result.wheel, result.arch_list, result.entry.variant, result.env_info["torch"])
+            result.times["checks"] = time.monotonic() - start
+        built.append(result)
     return built, skipped
 
 
