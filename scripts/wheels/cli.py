@@ -136,9 +136,6 @@ def main(argv=None) -> int:
     p_build.add_argument("--keep-debug-info", action="store_true", help="do not strip debug info from the library")
     p_build.add_argument("--work-dir", default=None, help="work directory (default: a temporary one, removed)")
     p_build.add_argument("--keep-work", action="store_true", help="keep the temporary work directory")
-    p_build.add_argument("--no-prefetch", action="store_true",
-                         help="prepare each torch environment only when its entry is built (default: the "
-                              "next one is downloaded and installed while the current one compiles)")
     p_build.add_argument("--no-check", action="store_true", help="skip the post-build checks")
     p_build.add_argument("--no-smoke", action="store_true", help="skip the smoke tests")
     p_build.add_argument("--no-mismatch-check", action="store_true",

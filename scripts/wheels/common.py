@@ -8,16 +8,12 @@ import functools
 import os
 import re
 import subprocess
-import threading
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_log_lock = threading.Lock()
 
 
 def log(message: str) -> None:
-    prefix = "" if threading.current_thread() is threading.main_thread() else "[prepare] "
-    with _log_lock:
-        print(f"[build_wheels] {prefix}{message}", flush=True)
+    print(f"[build_wheels] {message}", flush=True)
 
 
 class CheckFailed(RuntimeError):

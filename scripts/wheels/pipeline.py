@@ -3,8 +3,8 @@ find-links pages, smoke-test every wheel from its page, then publish wheels and 
 and print a summary (time per step and entry, sizes, skipped entries, disk used by the cached
 environments).
 
-Preparing an environment is mostly download and unpacking, building is compiling: the next
-entry's environment is prepared in a background thread while the current one compiles. Wheels
+Entries run one after the other: preparing the next torch environment while one compiles was
+tried and gained nothing measurable on 2 cores (unpacking a CUDA torch is CPU work too). Wheels
 reach ``--out`` only once every wheel of the run has passed its checks and smoke test.
 """
 
@@ -14,7 +14,6 @@ import os
 import shutil
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from . import envs
@@ -68,31 +67,12 @@ def _prepare(matrix: Matrix, entry: Entry) -> envs.TorchEnv | None:
     return matrix.environment(entry.variant, entry.torch, entry.python) if entry.torch else None
 
 
-def environments(entries: list[Entry], matrix: Matrix, ahead: bool):
-    """Yield ``(entry, its cached environment or None, seconds waited for it)`` in order; with
-    ``ahead``, the next environments are prepared in a background thread meanwhile."""
-    if not ahead:
-        for entry in entries:
-            start = time.monotonic()
-            yield entry, _prepare(matrix, entry), time.monotonic() - start
-        return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare") as pool:
-        futures = [pool.submit(_prepare, matrix, entry) for entry in entries]
-        try:
-            for entry, future in zip(entries, futures):
-                start = time.monotonic()
-                torch_env = future.result()
-                yield entry, torch_env, time.monotonic() - start
-        finally:  # on failure, do not start preparing the rest
-            for future in futures:
-                future.cancel()
-
-
 def build_all(entries: list[Entry], matrix: Matrix, args, work: str) -> tuple[list[Built], list[str]]:
     """Build and check every entry; returns the wheels and the reasons of skipped entries."""
     built, skipped, done = [], [], set()
-    for entry, torch_env, waited in environments(entries, matrix, not args.no_prefetch):
+    for entry in entries:
         log(f"=== {entry.describe()}")
+        torch_env = _prepare(matrix, entry)
         if torch_env:
             python, info = torch_env.python, torch_env.info
         else:
@@ -109,7 +89,7 @@ def build_all(entries: list[Entry], matrix: Matrix, args, work: str) -> tuple[li
         if result is None:
             continue
         result.torch_env = torch_env
-        result.times = {"env": torch_env.seconds if torch_env else 0.0, "env waited": waited, **result.times}
+        result.times = {"env": torch_env.seconds if torch_env else 0.0, **result.times}
         if not args.no_check:
             start = time.monotonic()
             check_wheel(result.wheel, result.arch_list, result.entry.variant, result.env_info["torch"])
@@ -133,9 +113,8 @@ def summarise(built: list[Built], skipped: list[str], matrix: Matrix, total: flo
     log("=== summary")
     for result in built:
         steps = ", ".join(f"{k} {v:.0f}s" for k, v in result.times.items())
-        own = sum(v for k, v in result.times.items() if k != "env waited")
         log(f"{os.path.basename(result.wheel)}  {os.path.getsize(result.wheel) / 2**20:.1f} MiB  "
-            f"torch {result.env_info['torch']}  ({steps}; {own:.0f}s of its own)")
+            f"torch {result.env_info['torch']}  ({steps}; {sum(result.times.values()):.0f}s in all)")
     for reason in skipped:
         log(f"skipped {reason}")
     used = sorted({b.torch_env.path for b in built if b.torch_env})
