@@ -35,7 +35,8 @@ def entries_of(tokens: list[str], matrix: Matrix) -> list:
         index_url = matrix.index_url if matrix.index_url and "{variant}" not in matrix.index_url else None
         listed = matrix.listed(index_url)
         if listed is None:
-            raise SystemExit("the selectors need the torch versions on the index: give them with --torch-versions")
+            raise SystemExit("the selectors need the torch versions on the index: give them with --torch-versions, "
+                             "or name the entries")
         discovered = discover(listed, oldest_supported(), NEWEST_SUPPORTED)
         log(f"supported torch {'.'.join(map(str, oldest_supported()))} to {'.'.join(map(str, NEWEST_SUPPORTED))}; "
             f"on the index: {', '.join(discovered.cuda)} (CUDA candidates), {discovered.cpu or 'no +cpu build'} (CPU)")

@@ -98,15 +98,19 @@ def parse_index_versions(text: str) -> list[str]:
     return [v.strip() for v in match.group(1).split(",") if v.strip()]
 
 
-def list_torch_versions(python: str, index_url: str | None = None) -> list[str]:
-    """Every torch version pip can install here (its index, extra indexes and find-links)."""
+def list_torch_versions(python: str, index_url: str | None = None) -> list[str] | None:
+    """Every torch version pip can install here (its index, extra indexes and find-links); None
+    when pip cannot tell (no index reachable, a pip without ``pip index``)."""
     cmd = [python, "-m", "pip", "index", "versions", "torch", "--disable-pip-version-check", *index_args(index_url)]
     log("$ " + " ".join(cmd))
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=tempfile.gettempdir())
-    if result.returncode != 0:
-        raise SystemExit(f"could not list the torch versions on the index ({' '.join(cmd)}):\n{result.stderr}"
-                         "\ngive them with --torch-versions, or name the entries")
-    return parse_index_versions(result.stdout)
+    try:
+        if result.returncode == 0:
+            return parse_index_versions(result.stdout)
+    except ValueError:
+        pass
+    log(f"could not list the torch versions on the index:\n{result.stdout}{result.stderr}")
+    return None
 
 
 # ----------------------------------------------------------------------------------------------

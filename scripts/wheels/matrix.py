@@ -157,7 +157,12 @@ def torch_requirement(version: str, variant: str, listed: list[str] | None) -> s
         if version not in listed:
             raise SystemExit(f"torch {version} is not on the index (it has {', '.join(listed[:12])}, ...)")
         return f"torch==={version}"
-    builds = {split_release(v)[1]: v for v in listed if split_release(v) and split_release(v)[0] == split_release(version)[0]}
+    release = split_release(version)[0]
+    builds = {}  # local label (None: plain) -> version string, for the builds of this release
+    for listed_version in listed:
+        parsed = split_release(listed_version)
+        if parsed and parsed[0] == release:
+            builds[parsed[1]] = listed_version
     if variant == "cpu":
         order = ["cpu", None]
     elif variant == "cuda":

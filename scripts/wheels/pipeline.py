@@ -42,12 +42,9 @@ class Matrix:
         return self.index_url
 
     def listed(self, index_url: str | None) -> list[str] | None:
+        """The torch versions on the index (None: unknown; requirements fall back to ``==``)."""
         if index_url not in self.listings:
-            try:
-                self.listings[index_url] = envs.list_torch_versions(self.base_python, index_url)
-            except SystemExit as err:
-                log(f"{err}\nfalling back to torch==VERSION requirements")
-                self.listings[index_url] = None
+            self.listings[index_url] = envs.list_torch_versions(self.base_python, index_url)
         return self.listings[index_url]
 
     def environment(self, variant: str, torch_version: str, python: str | None = None) -> envs.TorchEnv:
