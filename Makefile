@@ -1,5 +1,9 @@
 # Two entry points, each doing its own set-up: `make bench` (the main job) and `make test`.
-# `make wheels WHEELS="cu130 cpu:2.13.0"` builds, checks and smoke-tests wheels (scripts/build_wheels.py).
+# `make wheels` builds, checks and smoke-tests the wheels CI builds (WHEELS=ci: the newest and the
+# oldest supported torch with CUDA, and the CPU wheel); `make wheels WHEELS=all` every supported torch
+# the package index has; or name entries, WHEELS="cuda:2.12.1 cpu:2.13.0+cpu" (scripts/build_wheels.py).
+# Each torch gets a cached environment in .venv-wheels/ (~5 GB for a CUDA torch); `make clean-wheels`
+# removes them and the wheelhouse.
 # Set-up is idempotent: a virtual environment in $(VENV) with torch $(TORCH_VERSION) and the
 # project installed in editable mode (compiling vqvae_fast._C), redone only when inputs change.
 
@@ -9,9 +13,9 @@ TORCH_VERSION ?= 2.14.1
 PY := $(VENV)/bin/python
 EXT_SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cuda/*.cu csrc/cuda/*.cuh csrc/cuda/*.h)
 
-WHEELS ?= auto
+WHEELS ?= ci
 
-.PHONY: setup bench test test-compat info wheels clean
+.PHONY: setup bench test test-compat info wheels clean clean-wheels
 
 setup: $(VENV)/.built
 
@@ -39,7 +43,10 @@ info: setup
 	$(PY) -m vqvae_fast info
 
 wheels: setup
-	$(PY) scripts/build_wheels.py build $(WHEELS) --python $(PY) --out wheelhouse $(ARGS)
+	$(PY) scripts/build_wheels.py build $(WHEELS) --python $(PY) --out wheelhouse --venv-cache .venv-wheels $(ARGS)
+
+clean-wheels:
+	rm -rf wheelhouse .venv-wheels
 
 clean:
 	rm -rf build *.egg-info vqvae_fast/_C*.so vqvae_fast/_build_info.json wheelhouse $(VENV)/.built

@@ -1,5 +1,5 @@
 """Wheels: the version label scheme, the build record, the per-CUDA architecture lists, the
-post-build checks of scripts/build_wheels.py, and what happens when the installed vqvae_fast was
+post-build checks of scripts/wheels/checks.py, and what happens when the installed vqvae_fast was
 built for another torch or CUDA version (the library is not loaded, one warning names the wheel
 that fits, the Triton and reference paths still work).
 
@@ -10,6 +10,7 @@ enables the tests that read the built wheels.
 
 from __future__ import annotations
 
+import fnmatch
 import importlib.util
 import json
 import os
@@ -29,23 +30,18 @@ from vqvae_fast import _extension
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WHEELHOUSE = os.environ.get("VQVAE_FAST_WHEELHOUSE", "").strip()
+# labels the wheelhouse must hold, as shell patterns: cu*torch2.11 is a wheel for torch 2.11 with
+# whichever CUDA version the index's torch 2.11 has
 EXPECTED_LABELS = [x for x in os.environ.get("VQVAE_FAST_EXPECT_WHEEL_LABELS", "").split(",") if x]
 
 
-def load_build_script():
-    path = os.path.join(ROOT, "scripts", "build_wheels.py")
-    spec = importlib.util.spec_from_file_location("build_wheels", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["build_wheels"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
-
-build_wheels = load_build_script()
+from wheels import checks, common, matrix, pages  # noqa: E402  (scripts/wheels: the build tools)
 
 
 def setup_py(*names):
-    return build_wheels.setup_py_functions(*names)
+    return common.setup_py_functions(*names)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -96,41 +92,46 @@ def test_setup_py_local_version_setting():
 
 
 def test_default_arch_list_per_cuda_version():
-    assert build_wheels.default_arch_list("11.8") == "8.0;8.6;8.9;9.0+PTX"
-    assert build_wheels.default_arch_list("12.6") == "8.0;8.6;8.9;9.0+PTX"
-    assert build_wheels.default_arch_list("12.8") == "8.0;8.6;8.9;9.0;10.0;12.0+PTX"
-    assert build_wheels.default_arch_list("13.0") == "8.0;8.6;8.9;9.0;10.0;12.0+PTX"
+    assert matrix.default_arch_list("11.8") == "8.0;8.6;8.9;9.0+PTX"
+    assert matrix.default_arch_list("12.6") == "8.0;8.6;8.9;9.0+PTX"
+    assert matrix.default_arch_list("12.8") == "8.0;8.6;8.9;9.0;10.0;12.0+PTX"
+    assert matrix.default_arch_list("13.0") == "8.0;8.6;8.9;9.0;10.0;12.0+PTX"
     with pytest.raises(ValueError):
-        build_wheels.default_arch_list("11.7")
-    assert build_wheels.parse_arch_list("8.0;9.0a, 12.0+PTX") == [
+        matrix.default_arch_list("11.7")
+    assert matrix.parse_arch_list("8.0;9.0a, 12.0+PTX") == [
         ("sm_80", False), ("sm_90a", False), ("sm_120", True)
     ]
     with pytest.raises(ValueError):
-        build_wheels.parse_arch_list("sm_90")
+        matrix.parse_arch_list("sm_90")
 
 
 def test_matrix_entries():
-    entry = build_wheels.parse_entry("cu128:2.14.1:/opt/python/cp310-cp310/bin/python")
-    assert (entry.variant, entry.cuda, entry.torch, entry.python) == (
-        "cu128", "12.8", "2.14.1", "/opt/python/cp310-cp310/bin/python"
-    )
-    assert build_wheels.parse_entry("cpu:2.13.0").cuda is None
-    assert build_wheels.parse_entry("cu130").torch is None  # the installed torch
-    assert build_wheels.parse_entry("CU118").cuda == "11.8"
-    for bad in ("cuda13", "rocm6.2", "cpu:latest", "auto:2.14.1"):
+    entry = matrix.parse_entry("cu128:2.14.1:/opt/python/cp310-cp310/bin/python")
+    assert (entry.variant, entry.torch, entry.python) == ("cu128", "2.14.1", "/opt/python/cp310-cp310/bin/python")
+    assert matrix.cuda_of_variant(entry.variant) == "12.8"
+    assert matrix.parse_entry("cpu:2.13.0+cpu").torch == "2.13.0+cpu"
+    assert matrix.parse_entry("cuda:2.11.0").variant == "cuda"  # CUDA version: the torch's own
+    assert matrix.cuda_of_variant("cuda") is None and matrix.cuda_of_variant("cpu") is None
+    assert matrix.parse_entry("cu130").torch is None  # the installed torch
+    assert matrix.cuda_of_variant(matrix.parse_entry("CU118").variant) == "11.8"
+    for bad in ("cuda13", "rocm6.2", "cpu:latest", "auto:2.14.1", "cuda:2.14", "cuda:2.14.1rc1"):
         with pytest.raises(ValueError):
-            build_wheels.parse_entry(bad)
+            matrix.parse_entry(bad)
 
 
-def test_plan_prints_labels_and_arch_lists():
+def test_plan_prints_requirements_labels_and_arch_lists():
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "scripts", "build_wheels.py"), "plan", "cu128:2.14.1", "cpu:2.13.0"],
+        [sys.executable, os.path.join(ROOT, "scripts", "build_wheels.py"), "plan", "cu128:2.14.1", "ci",
+         "--torch-versions", "2.15.0,2.14.1,2.13.0+cpu,2.13.0,2.11.0"],
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert re.search(r"cu128:2\.14\.1\S*\s+\S+\+cu128torch2\.14\s+8\.0;8\.6;8\.9;9\.0;10\.0;12\.0\+PTX", result.stdout)
-    assert re.search(r"cpu:2\.13\.0\S*\s+\S+\+cputorch2\.13\s+-", result.stdout)
-    assert "abi3" in result.stdout
+    out = result.stdout
+    assert re.search(r"cu128:2\.14\.1\S*\s+torch===2\.14\.1\s+\S+\+cu128torch2\.14\s+8\.0;8\.6;8\.9;9\.0;10\.0;12\.0\+PTX", out)
+    assert re.search(r"cuda:2\.14\.1\S*\s+torch===2\.14\.1\s+\S+\+cu\?torch2\.14", out)
+    assert re.search(r"cuda:2\.11\.0\S*\s+torch===2\.11\.0\s+\S+\+cu\?torch2\.11", out)
+    assert re.search(r"cpu:2\.13\.0\+cpu\S*\s+torch===2\.13\.0\+cpu\s+\S+\+cputorch2\.13\s+-", out)
+    assert "2.15" not in out.split("TORCH_CUDA_ARCH_LIST")[1] and "abi3" in out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -155,7 +156,7 @@ def test_build_record_generation(monkeypatch, tmp_path):
     path = tmp_path / "vqvae_fast" / "_build_info.json"
     write_build_info(str(path), info)
     assert json.loads(path.read_text()) == info
-    assert set(build_wheels.BUILD_INFO_KEYS) <= set(info)
+    assert set(checks.BUILD_INFO_KEYS) <= set(info)
 
 
 def test_git_commit_of_the_checkout(monkeypatch):
@@ -178,7 +179,7 @@ def test_this_build_has_a_record_that_fits_the_installed_torch():
     info = _extension.build_info()
     assert info == json.load(open(record))
     assert info["torch"] == torch.__version__
-    assert set(build_wheels.BUILD_INFO_KEYS) <= set(info)
+    assert set(checks.BUILD_INFO_KEYS) <= set(info)
     assert _extension.mismatch() == []
     if _extension.status() is None:  # loaded: the record says what the library holds
         assert bool(info["cuda"]) == _extension.has_cuda_code()
@@ -293,7 +294,7 @@ def test_build_for_another_torch_is_not_loaded(tmp_path, case):
 
 
 # ----------------------------------------------------------------------------------------------
-# The build script's checks
+# The post-build checks
 
 
 def fake_wheel(tmp_path, name, files: dict) -> str:
@@ -312,8 +313,8 @@ def good_record(version="0.1.0+cputorch2.13", torch_version="2.13.0+cpu", cuda=N
 
 
 def check_problems(path, **kwargs) -> str:
-    with pytest.raises(build_wheels.CheckFailed) as err:
-        build_wheels.check_wheel(path, **kwargs)
+    with pytest.raises(common.CheckFailed) as err:
+        checks.check_wheel(path, **kwargs)
     return str(err.value)
 
 
@@ -351,10 +352,10 @@ def test_linkage_check_of_this_build():
     if spec is None or spec.origin is None or shutil.which("readelf") is None:
         pytest.skip("needs the built extension and readelf")
     cuda = (_extension.build_info() or {}).get("cuda")
-    assert build_wheels.check_linkage(spec.origin, cuda) == []
+    assert checks.check_linkage(spec.origin, cuda) == []
     # a CPU wheel may not carry device code, nor need the CUDA runtime
     if cuda:
-        problems = build_wheels.check_linkage(spec.origin, None)
+        problems = checks.check_linkage(spec.origin, None)
         assert any("libcudart" in p for p in problems) and any(".nv_fatbin" in p for p in problems)
 
 
@@ -373,7 +374,7 @@ def built_wheels() -> list[str]:
 def test_built_wheels_carry_a_correct_build_record():
     labels = []
     for path in built_wheels():
-        name = build_wheels.parse_wheel_name(path)
+        name = checks.parse_wheel_name(path)
         with zipfile.ZipFile(path) as archive:
             assert "vqvae_fast/_build_info.json" in archive.namelist(), path
             record = json.loads(archive.read("vqvae_fast/_build_info.json"))
@@ -389,9 +390,56 @@ def test_built_wheels_carry_a_correct_build_record():
             assert record["cuda_archs"], record
         labels.append(label)
     for expected in EXPECTED_LABELS:
-        assert expected in labels, f"no +{expected} wheel in {WHEELHOUSE}: {labels}"
+        assert fnmatch.filter(labels, expected), f"no +{expected} wheel in {WHEELHOUSE}: {labels}"
 
 
 def test_built_wheels_pass_the_post_build_checks():
     for path in built_wheels():
-        build_wheels.check_wheel(path)
+        checks.check_wheel(path)
+
+
+def test_built_wheels_are_on_their_find_links_pages():
+    wheels = built_wheels()
+    index = open(os.path.join(WHEELHOUSE, pages.INDEX)).read()
+    for path in wheels:
+        record = checks.read_build_info(path)
+        page = pages.page_name(record["torch"], record["cuda"])
+        assert os.path.basename(path) in open(os.path.join(WHEELHOUSE, page)).read(), (path, page)
+        assert f">{page}<" in index
+
+
+INSTALLED_FROM_PAGE = """
+import os, sys, torch, vqvae_fast
+from vqvae_fast import _extension, reference
+assert vqvae_fast.__file__.startswith(sys.argv[1]), vqvae_fast.__file__
+report = vqvae_fast.info()
+ext = report["extension"]
+assert ext["loaded"] and not ext["mismatch"], ext
+assert report["build"]["version"] == _extension.wheel_for_installed_torch(), report["build"]
+assert ext["cuda_code"] == bool(torch.version.cuda), ext
+x, weight = torch.randn(2, 8, 6, 5), torch.randn(4, 8, 3, 3)
+out = vqvae_fast.padded_conv2d(x, weight, None, stride=2, padding=(0, 1, 0, 1))
+torch.testing.assert_close(out, reference.padded_conv2d(x, weight, None, (2, 2), (0, 1, 0, 1)))
+assert report["ops"]["padded_conv2d"]["cpu"]["backend"] == "cpu"
+print(report["build"]["version"])
+"""
+
+
+def test_page_of_the_installed_torch_installs_the_wheel_that_loads(tmp_path):
+    """`pip install vqvae-fast -f wheelhouse/torch-X.Y+VARIANT.html`, the page this torch names,
+    gives the wheel built for it, and its library loads here (pip's --target: no fresh torch)."""
+    built_wheels()
+    label = _extension.local_version_tag(torch.__version__, torch.version.cuda)
+    page = os.path.join(WHEELHOUSE, pages.page_name(torch.__version__, torch.version.cuda))
+    if not os.path.exists(page):
+        assert not any(fnmatch.fnmatch(label, e) for e in EXPECTED_LABELS), f"{page} is missing"
+        pytest.skip(f"no wheel for torch {torch.__version__} in {WHEELHOUSE}")
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--disable-pip-version-check",
+                    "--target", str(target), "-f", page, "vqvae-fast"], check=True, capture_output=True, timeout=300)
+    env = {k: v for k, v in os.environ.items() if k not in ("VQVAE_FAST_BACKEND", "TRITON_INTERPRET")}
+    env["PYTHONPATH"] = str(target)
+    result = subprocess.run([sys.executable, "-c", INSTALLED_FROM_PAGE, str(target)], capture_output=True, text=True,
+                            cwd=tmp_path, env=env, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.split()[-1] == f"{vqvae_fast.__version__}+{label}"
