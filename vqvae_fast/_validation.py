@@ -37,8 +37,9 @@ def check_tensor(
     if dtypes is not None and value.dtype not in dtypes:
         raise TypeError(f"{name} must have dtype in ({_dtype_names(dtypes)}), got {value.dtype}")
     if ndim is not None:
-        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
-        if value.dim() not in allowed:
+        rank = value.dim()
+        if rank != ndim if type(ndim) is int else rank not in ndim:
+            allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
             want = " or ".join(str(n) for n in allowed)
             raise ValueError(f"{name} must have {want} dimensions, got shape {tuple(value.shape)}")
     if min_ndim is not None and value.dim() < min_ndim:
