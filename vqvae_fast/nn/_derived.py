@@ -15,8 +15,9 @@ global :data:`generation` at which it was computed, and is recomputed when any o
 * what the version counter does not see starts a new generation: every optimizer step (a global
   step hook, registered on first use: fused optimizers such as ``Adam(fused=True)`` update in
   place without bumping the counter), ``train()`` / ``eval()`` on a fast module, and
-  :func:`refresh` — call it after writing through ``param.data`` (``param.data.copy_(...)``,
-  as EMA helpers do), which neither the counter nor a hook can see.
+  :func:`refresh_derived_weights` (``vqvae_fast.nn.refresh_derived_weights()``): call it after
+  writing through ``param.data`` (``param.data.copy_(...)``, as EMA helpers do), which neither
+  the counter nor a hook can see.
 
 Nothing is cached where that would be wrong or pointless: under ``torch.compile`` (the graph
 computes it), and when autograd must reach the parameters through the derived tensor (grad mode
@@ -33,21 +34,21 @@ from typing import Callable
 
 import torch
 
-#: Bumped by every optimizer step, fast-module mode change and :func:`refresh`.
+#: Bumped by every optimizer step, fast-module mode change and :func:`refresh_derived_weights`.
 generation = 0
 _hook_registered = False
 
 _CACHE_ATTRIBUTE = "_vqvae_fast_derived"
 
 
-def refresh() -> None:
+def refresh_derived_weights() -> None:
     """Recompute every cached derived tensor on its next use (after ``param.data`` writes)."""
     global generation
     generation += 1
 
 
 def _after_optimizer_step(optimizer, args, kwargs) -> None:
-    refresh()
+    refresh_derived_weights()
 
 
 def _register_hook() -> None:
@@ -125,5 +126,5 @@ class DerivedWeightsMixin:
     generation (weights are often swapped around mode changes, e.g. for EMA evaluation)."""
 
     def train(self, mode: bool = True):
-        refresh()
+        refresh_derived_weights()
         return super().train(mode)
