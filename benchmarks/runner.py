@@ -24,7 +24,7 @@ from .definitions import OpBench, ProviderUnavailable, make_generator
 from .registry import all_benches
 from .device import Peaks, environment
 from .shapes import OPS, Case, build_cases
-from .timing import L2Flusher, peak_memory, synchronize, time_cpu, time_cuda
+from .timing import L2Flusher, peak_memory, synchronize, time_cpu, time_cuda, time_host_loop
 
 COLUMNS = (
     "op", "provider", "backend", "mode", "shape", "dtype", "format", "status",
@@ -270,7 +270,9 @@ class Suite:
                 row["max_err"], row["rel_err"] = bench.error(result_of(out), expected)
         del out
 
-        if device.type == "cuda":
+        if getattr(bench, "host_loop", False):  # per-call overhead: loops of calls on the host
+            timing = time_host_loop(call, device, target_s=self.target_s)
+        elif device.type == "cuda":
             timing = time_cuda(call, device, self.flush, target_s=self.target_s)
         else:
             timing = time_cpu(call, target_s=self.target_s, warmup=False)  # the calls above warmed it

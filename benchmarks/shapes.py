@@ -20,13 +20,15 @@ Dims per op:
                      (taming's ``Downsample``).
 ``vqmodel``          ``(batch, resolution)`` plus ``config`` and ``stage`` (encode, decode,
                      forward) in ``params``: the reference ``VQModel`` end to end.
+``overhead``         the dims of the op named by ``target`` in ``params``, tiny: the cost of a
+                     call beyond its work (``overhead.py``); in every set.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-OPS = ("group_norm_silu", "spatial_attention", "codebook_argmin", "padded_conv2d", "vqmodel")
+OPS = ("group_norm_silu", "spatial_attention", "codebook_argmin", "padded_conv2d", "vqmodel", "overhead")
 SETS = ("quick", "full", "cpu", "tiny")
 DTYPES = ("fp32", "fp16", "bf16")
 MODES = ("forward", "backward", "forward+backward")
@@ -110,6 +112,11 @@ SHAPES: tuple[Shape, ...] = (
     _s("vqmodel", (1, 64), "f16 VQGAN decode to 64²", "cpu", config=F16, stage="decode"),
     _s("vqmodel", (1, 64), "f16 VQGAN forward, 64²", "cpu", config=F16, stage="forward"),
     _s("vqmodel", (1, 32), "tiny config forward, 32²", "tiny", config="tiny", stage="forward"),
+    # overhead: one tiny call of each public op (the work is negligible)
+    _s("overhead", (2, 32, 5, 5), "group_norm_silu, 8 groups: per-call overhead", *SETS, target="group_norm_silu"),
+    _s("overhead", (1, 32, 16), "spatial_attention: per-call overhead", *SETS, target="spatial_attention"),
+    _s("overhead", (16, 32, 8), "codebook_argmin N=16 K=32 D=8: per-call overhead", *SETS, target="codebook_argmin"),
+    _s("overhead", (1, 8, 8, 8, 8), "padded_conv2d 3x3 s2: per-call overhead", *SETS, target="padded_conv2d"),
 )
 
 
@@ -130,6 +137,7 @@ MATRIX: dict[str, dict[str, Matrix]] = {
         "codebook_argmin": Matrix(("fp32",), ("rows",), FORWARD),
         "padded_conv2d": Matrix(("bf16",), IMAGE_FORMATS, FWD_FWDBWD),
         "vqmodel": Matrix(("bf16",), ("nchw",), FORWARD),
+        "overhead": Matrix(("fp32",), ("any",), FWD_FWDBWD),
     },
     "full": {
         "group_norm_silu": Matrix(("bf16", "fp16", "fp32"), IMAGE_FORMATS, ALL_MODES),
@@ -137,6 +145,7 @@ MATRIX: dict[str, dict[str, Matrix]] = {
         "codebook_argmin": Matrix(("fp32", "bf16"), ("rows",), FORWARD),
         "padded_conv2d": Matrix(("bf16", "fp16", "fp32"), IMAGE_FORMATS, ALL_MODES),
         "vqmodel": Matrix(("bf16", "fp32"), ("nchw",), FWD_FWDBWD),
+        "overhead": Matrix(("fp32",), ("any",), FWD_FWDBWD),
     },
     "cpu": {
         "group_norm_silu": Matrix(("fp32",), ("nchw",), FWD_FWDBWD),
@@ -144,6 +153,7 @@ MATRIX: dict[str, dict[str, Matrix]] = {
         "codebook_argmin": Matrix(("fp32",), ("rows",), FORWARD),
         "padded_conv2d": Matrix(("fp32",), ("nchw",), FWD_FWDBWD),
         "vqmodel": Matrix(("fp32",), ("nchw",), FORWARD),
+        "overhead": Matrix(("fp32",), ("any",), FWD_FWDBWD),
     },
     "tiny": {
         "group_norm_silu": Matrix(("fp32",), IMAGE_FORMATS, ALL_MODES),
@@ -151,6 +161,7 @@ MATRIX: dict[str, dict[str, Matrix]] = {
         "codebook_argmin": Matrix(("fp32",), ("rows",), FORWARD),
         "padded_conv2d": Matrix(("fp32",), ("nchw",), ALL_MODES),
         "vqmodel": Matrix(("fp32",), ("nchw",), FWD_FWDBWD),
+        "overhead": Matrix(("fp32",), ("any",), FWD_FWDBWD),
     },
 }
 

@@ -153,7 +153,7 @@ def check_matches_module(name: str, value: torch.Tensor, module: torch.nn.Module
     """``value`` is on the device of ``module``'s parameters and, with ``dtype``, has their dtype
     unless autocast is on for its device. PyTorch's layers need both but would report a layer's
     weight in a ``RuntimeError``; this names the argument. A module without parameters passes."""
-    param = next(module.parameters(), None)
+    param = _first_parameter(module)
     if param is None:
         return
     owner = type(module).__name__
@@ -167,3 +167,17 @@ def check_matches_module(name: str, value: torch.Tensor, module: torch.nn.Module
             f"{name} has dtype {value.dtype} but the {owner}'s parameters have dtype {param.dtype}; "
             "convert one to the other's dtype, or run under torch.autocast"
         )
+
+
+def _first_parameter(module: torch.nn.Module) -> torch.Tensor | None:
+    """``next(module.parameters(), None)`` (the same pre-order) without building generators:
+    this runs in every fast block's forward."""
+    for param in module._parameters.values():
+        if param is not None:
+            return param
+    for child in module._modules.values():
+        if child is not None:
+            param = _first_parameter(child)
+            if param is not None:
+                return param
+    return None
