@@ -206,7 +206,7 @@ class Suite:
         if "compiled" in providers:
             torch._dynamo.reset()  # fresh caches: no guard pile-up or recompile limit across cases
         state = CaseState()
-        reference_us = None  # the reference runs first: speedups are known as rows come
+        reference_us = None  # the baseline runs first: speedups are known as rows come
         for provider in providers:
             if self.broken or self.out_of_time():
                 self.skip(case, provider, self.broken or "time budget", bar)
@@ -214,7 +214,7 @@ class Suite:
             row = self.new_row(case, provider)
             self.measure(bench, case, provider, inputs, work, state, gen, row)
             if row["status"] == "ok":
-                if provider == "reference":
+                if provider == bench.baseline_provider:
                     reference_us = row["time_p50_us"]
                 if reference_us is not None:
                     row["speedup"] = reference_us / row["time_p50_us"]

@@ -12,7 +12,7 @@ is forced (then the kernels run in Triton's interpreter, ``TRITON_INTERPRET=1``)
 When the custom op runs (the rule of :func:`vqvae_fast._backend.custom_op_needed`): under
 ``torch.compile``, and in eager mode when autograd must record the call; an eager call that
 needs no gradient runs the implementation directly (``_triton_forward`` / ``_native_forward``).
-The cpu backend's eager autograd path is ATen's own (``F.group_norm`` then ``F.silu``, which
+The cpu backend's eager autograd path is ATen's own (``torch.group_norm`` then ``F.silu``, which
 autograd differentiates), except for a bias without a weight, which ATen's backward cannot take.
 The custom ops take the backend the public call selected as their last argument (``"auto"``
 selects, for direct ``torch.ops`` callers).
@@ -335,7 +335,7 @@ def _cpu_group_norm_silu(x, num_groups, weight, bias, eps, activation):
     # and native group norm refuses empty inputs: the custom op handles both
     if not eager_autograd or x.numel() == 0 or (bias is not None and weight is None):
         return _run(x, num_groups, weight, bias, eps, activation, "cpu")
-    y = F.group_norm(x, num_groups, weight, bias, eps)
+    y = torch.group_norm(x, num_groups, weight, bias, eps, False)  # F.group_norm minus its Python checks
     if activation == "silu":
         y = F.silu(y)
     return y.contiguous(memory_format=output_memory_format(x))
