@@ -33,7 +33,8 @@ SMALL_BLOCK_ROWS = 64
 
 
 def _compute_dtype(z: torch.Tensor, codebook: torch.Tensor) -> torch.dtype:
-    return torch.promote_types(z.dtype, codebook.dtype)
+    dtype = z.dtype
+    return dtype if codebook.dtype == dtype else torch.promote_types(dtype, codebook.dtype)
 
 
 def _distance_dtype(dtype: torch.dtype) -> torch.dtype:
