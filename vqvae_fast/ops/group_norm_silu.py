@@ -326,14 +326,11 @@ def _triton_group_norm_silu(x, num_groups, weight, bias, eps, activation):
 def _cpu_group_norm_silu(x, num_groups, weight, bias, eps, activation):
     """The cpu backend: :func:`_run`, except in eager autograd, where ATen's group norm and SiLU
     run under ATen's autograd (no custom-op dispatch; SiLU's backward needs only its input)."""
-    eager_autograd = (
-        torch.is_grad_enabled()
-        and not torch.compiler.is_compiling()
-        and any(t is not None and t.requires_grad for t in (x, weight, bias))
-    )
-    # ATen's backward fails for a bias without a weight (mixed dtypes; any dtype on torch 2.11)
-    # and native group norm refuses empty inputs: the custom op handles both
-    if not eager_autograd or x.numel() == 0 or (bias is not None and weight is None):
+    if not custom_op_needed(x, weight, bias):  # eager inference: the implementation, directly
+        return _native_forward(x, num_groups, weight, bias, eps, activation == "silu", stats=False)[0]
+    # traced calls take the custom op; so do a bias without a weight (ATen's backward fails there:
+    # mixed dtypes; any dtype on torch 2.11) and empty inputs (native group norm refuses them)
+    if torch.compiler.is_compiling() or x.numel() == 0 or (bias is not None and weight is None):
         return _run(x, num_groups, weight, bias, eps, activation, "cpu")
     y = torch.group_norm(x, num_groups, weight, bias, eps, False)  # F.group_norm minus its Python checks
     if activation == "silu":
