@@ -29,10 +29,11 @@ a module starts with an empty cache.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Callable
 
 import torch
+
+from ..ops._autocast import autocast_off
 
 #: Bumped by every optimizer step, fast-module mode change and :func:`refresh_derived_weights`.
 generation = 0
@@ -114,8 +115,7 @@ def derived(module: torch.nn.Module, name: str, compute: Callable, *sources: tor
         return entry[1]
     _register_hook()
     device_type = next((t.device.type for t in sources if t is not None), "cpu")
-    no_autocast = torch.autocast(device_type, enabled=False) if device_type in ("cpu", "cuda") else nullcontext()
-    with torch.inference_mode(False), torch.no_grad(), no_autocast:
+    with torch.inference_mode(False), torch.no_grad(), autocast_off(device_type):
         value = compute(*sources)
     cache.entries[name] = (stamp, value)
     return value

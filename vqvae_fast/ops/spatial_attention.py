@@ -28,7 +28,7 @@ import functools
 import torch
 
 from .. import _backend
-from ._autocast import autocast_inputs
+from ._autocast import autocast_inputs, autocast_off
 from .. import _validation as V
 from .._backend import custom_op_needed, op_backends
 from ..reference import ops as reference
@@ -245,7 +245,7 @@ def _attention_op(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(out, lse)`` for ``(B, C, N)`` tensors; ``lse`` ``(B, N)`` is the natural log-sum-exp."""
     forward, _ = _implementation(backend, q)
-    with torch.autocast(q.device.type, enabled=False):  # the inputs' dtype decides, not autocast
+    with autocast_off(q.device.type):  # the inputs' dtype decides, not autocast
         return forward(q, k, v, scale)
 
 
@@ -261,7 +261,7 @@ def _attention_backward_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dq, dk, dv)`` given the output's gradient and the forward's ``out`` and ``lse``."""
     _, backward = _implementation(backend, q)
-    with torch.autocast(q.device.type, enabled=False):
+    with autocast_off(q.device.type):
         return backward(grad_out, q, k, v, out, lse, scale)
 
 
@@ -305,7 +305,7 @@ def _through_custom_op(q, k, v, scale, backend: str):
         out, _ = torch.ops.vqvae_fast.spatial_attention(q3, k3, v3, scale, backend)
     else:
         forward, _ = _IMPLEMENTATIONS.get(backend, _IMPLEMENTATIONS["cpu"])
-        with torch.autocast(q3.device.type, enabled=False):  # the inputs' dtype decides, as in the op
+        with autocast_off(q3.device.type):  # the inputs' dtype decides, as in the op
             out, _ = forward(q3, k3, v3, scale)
     return out.reshape(shape)  # a view: (B, N, C) storage gives channels-last (B, C, H, W)
 
@@ -324,10 +324,8 @@ def _cpu(q, k, v, scale):
     recomputation. Larger ``N`` and traced calls go through :func:`_through_custom_op`
     (chunked, ``O(N)`` memory per row block)."""
     if _plain_is_faster(q) and not torch.compiler.is_compiling():
-        if torch.is_autocast_enabled("cpu"):
-            with torch.autocast("cpu", enabled=False):  # the inputs' dtype decides, as in the op
-                return _plain(q, k, v, scale)
-        return _plain(q, k, v, scale)
+        with autocast_off("cpu"):  # the inputs' dtype decides, as in the op
+            return _plain(q, k, v, scale)
     return _through_custom_op(q, k, v, scale, "cpu")
 
 
