@@ -205,3 +205,21 @@ def test_derived_is_not_cached_under_autograd_and_follows_the_generation():
         assert a is b and len(calls) == 2 and not a.requires_grad
         refresh_derived_weights()
         assert _derived.derived(holder, "double", double, p) is not a and len(calls) == 3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the fold runs on CUDA only)")
+def test_upsample_fold_cached_and_refreshed_on_cuda():
+    from vqvae_fast.nn import Upsample
+
+    torch.manual_seed(0)
+    ref = reference.Upsample(16, with_conv=True).cuda().eval()
+    fast = Upsample.from_reference(ref).eval()
+    x = torch.randn(2, 16, 7, 9, device="cuda")
+    with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        torch.testing.assert_close(fast(x), ref(x), rtol=1e-4, atol=1e-4)
+        folded = cached(fast)["folded"][1]
+        fast(x)
+        assert cached(fast)["folded"][1] is folded
+        ref.conv.weight.mul_(-0.5)
+        torch.testing.assert_close(fast(x), ref(x), rtol=1e-4, atol=1e-4)
+        assert cached(fast)["folded"][1] is not folded

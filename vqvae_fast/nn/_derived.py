@@ -16,7 +16,7 @@ global :data:`generation` at which it was computed, and is recomputed when any o
   step hook, registered on first use: fused optimizers such as ``Adam(fused=True)`` update in
   place without bumping the counter), ``train()`` / ``eval()`` on a fast module, and
   :func:`refresh_derived_weights` (``vqvae_fast.nn.refresh_derived_weights()``): call it after
-  writing through ``param.data`` (``param.data.copy_(...)``, as EMA helpers do), which neither
+  writing through ``param.data`` (``param.data.copy_(...)``, as EMA utilities do), which neither
   the counter nor a hook can see.
 
 Nothing is cached where that would be wrong or pointless: under ``torch.compile`` (the graph
