@@ -34,8 +34,9 @@ from .shapes import MODES, Case, Shape
 
 PROVIDERS = ("reference", "compiled", "pytorch-best", "vqvae_fast")
 # Providers of one op each: argmin's "fast" precision; padded_conv2d's second CUDA algorithm
-# (the default vqvae_fast row runs cuDNN's graph API there), so a GPU run records both.
-EXTRA_PROVIDERS = ("vqvae_fast-fast", "vqvae_fast-decomposed")
+# (the default vqvae_fast row runs cuDNN's graph API there), so a GPU run records both; the
+# overhead benchmark's direct call of the registered op (overhead.py).
+EXTRA_PROVIDERS = ("vqvae_fast-fast", "vqvae_fast-decomposed", "torch.ops")
 
 
 class ProviderUnavailable(Exception):
@@ -139,6 +140,7 @@ class OpBench:
     has_backward: bool = True
     has_flops: bool = True  # False where the floor is the bytes alone
     tf32_flag: str = "matmul"  # which TF32 switch governs fp32 work: "matmul" or "cudnn"
+    baseline_provider: str = "reference"  # the row the speedup column divides
 
     def providers_on(self, device: torch.device) -> tuple[str, ...]:
         """The providers that can run on this device (all of them unless an op says otherwise)."""

@@ -1,12 +1,17 @@
-"""Every benchmark definition by name: the four ops, the end-to-end model and the tokenize job."""
+"""Every benchmark definition by name: the four ops, the end-to-end model, the tokenize job and the
+per-call overhead."""
 
 from __future__ import annotations
 
 from .definitions import CodebookArgmin, GroupNormSiLU, OpBench, PaddedConv2d, SpatialAttention
 from .end_to_end import VQModelBench
+from .overhead import OverheadBench
 from .tokenize_pipeline import TokenizeBench
 
 
 def all_benches() -> dict[str, OpBench]:
-    benches = [GroupNormSiLU(), SpatialAttention(), CodebookArgmin(), PaddedConv2d(), VQModelBench(), TokenizeBench()]
+    benches = [
+        GroupNormSiLU(), SpatialAttention(), CodebookArgmin(), PaddedConv2d(), VQModelBench(), TokenizeBench(),
+        OverheadBench(),
+    ]
     return {b.name: b for b in benches}

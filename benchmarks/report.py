@@ -312,8 +312,11 @@ def write_outputs(out_dir: str, rows: list[dict], environment: dict, peaks: dict
         "environment": environment, "peaks": peaks, "settings": settings, "wall_s": wall_s,
         "notes": list(notes), "columns": list(COLUMNS), "summary": summary, "rows": rows,
     })
+    from .overhead import summarize_overhead
+
+    overhead = summarize_overhead(rows)
     text = "\n".join([format_environment(environment, peaks), "", format_table(rows), format_summary(summary)]
-                     + list(notes))
+                     + ([""] + [overhead] if overhead else []) + list(notes))
     with open(os.path.join(out_dir, "table.txt"), "w") as f:
         f.write(text + "\n")
     written = plot(rows, out_dir) if plots else []

@@ -24,7 +24,7 @@ from .definitions import OpBench, ProviderUnavailable, make_generator
 from .registry import all_benches
 from .device import Peaks, environment
 from .shapes import OPS, Case, build_cases
-from .timing import L2Flusher, peak_memory, synchronize, time_cpu, time_cuda
+from .timing import L2Flusher, peak_memory, synchronize, time_cpu, time_cuda, time_host_loop
 
 COLUMNS = (
     "op", "provider", "backend", "mode", "shape", "dtype", "format", "status",
@@ -206,7 +206,7 @@ class Suite:
         if "compiled" in providers:
             torch._dynamo.reset()  # fresh caches: no guard pile-up or recompile limit across cases
         state = CaseState()
-        reference_us = None  # the reference runs first: speedups are known as rows come
+        reference_us = None  # the baseline runs first: speedups are known as rows come
         for provider in providers:
             if self.broken or self.out_of_time():
                 self.skip(case, provider, self.broken or "time budget", bar)
@@ -214,7 +214,7 @@ class Suite:
             row = self.new_row(case, provider)
             self.measure(bench, case, provider, inputs, work, state, gen, row)
             if row["status"] == "ok":
-                if provider == "reference":
+                if provider == bench.baseline_provider:
                     reference_us = row["time_p50_us"]
                 if reference_us is not None:
                     row["speedup"] = reference_us / row["time_p50_us"]
@@ -270,7 +270,9 @@ class Suite:
                 row["max_err"], row["rel_err"] = bench.error(result_of(out), expected)
         del out
 
-        if device.type == "cuda":
+        if getattr(bench, "host_loop", False):  # per-call overhead: loops of calls on the host
+            timing = time_host_loop(call, device, target_s=self.target_s)
+        elif device.type == "cuda":
             timing = time_cuda(call, device, self.flush, target_s=self.target_s)
         else:
             timing = time_cpu(call, target_s=self.target_s, warmup=False)  # the calls above warmed it

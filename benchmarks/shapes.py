@@ -22,13 +22,15 @@ Dims per op:
                      forward) in ``params``: the reference ``VQModel`` end to end.
 ``tokenize``         ``(images, resolution, batch, workers)`` plus ``config`` and the JPEGs'
                      size ``jpeg`` (height, width): the dataset tokenizer end to end.
+``overhead``         the dims of the op named by ``target`` in ``params``, tiny: the cost of a
+                     call beyond its work (``overhead.py``); in every set.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-OPS = ("group_norm_silu", "spatial_attention", "codebook_argmin", "padded_conv2d", "vqmodel", "tokenize")
+OPS = ("group_norm_silu", "spatial_attention", "codebook_argmin", "padded_conv2d", "vqmodel", "tokenize", "overhead")
 SETS = ("quick", "full", "cpu", "tiny")
 DTYPES = ("fp32", "fp16", "bf16")
 MODES = ("forward", "backward", "forward+backward")
@@ -121,6 +123,11 @@ SHAPES: tuple[Shape, ...] = (
     _s("tokenize", (48, 32, 8, 1), "tiny config tokenizing 48 JPEGs of 48x40 to 32², batch 8, 1 worker", "cpu",
        config="tiny", jpeg=(40, 48)),
     _s("tokenize", (8, 32, 4, 1), "tiny config tokenizing 8 JPEGs", "tiny", config="tiny", jpeg=(40, 48)),
+    # overhead: one tiny call of each public op (the work is negligible)
+    _s("overhead", (2, 32, 5, 5), "group_norm_silu, 8 groups: per-call overhead", *SETS, target="group_norm_silu"),
+    _s("overhead", (1, 32, 16), "spatial_attention: per-call overhead", *SETS, target="spatial_attention"),
+    _s("overhead", (16, 32, 8), "codebook_argmin N=16 K=32 D=8: per-call overhead", *SETS, target="codebook_argmin"),
+    _s("overhead", (1, 8, 8, 8, 8), "padded_conv2d 3x3 s2: per-call overhead", *SETS, target="padded_conv2d"),
 )
 
 
@@ -142,6 +149,7 @@ MATRIX: dict[str, dict[str, Matrix]] = {
         "padded_conv2d": Matrix(("bf16",), IMAGE_FORMATS, FWD_FWDBWD),
         "vqmodel": Matrix(("bf16",), ("nchw",), FORWARD),
         "tokenize": Matrix(("bf16",), ("nchw",), FORWARD),
+        "overhead": Matrix(("fp32",), ("any",), FWD_FWDBWD),
     },
     "full": {
         "group_norm_silu": Matrix(("bf16", "fp16", "fp32"), IMAGE_FORMATS, ALL_MODES),
@@ -150,6 +158,7 @@ MATRIX: dict[str, dict[str, Matrix]] = {
         "padded_conv2d": Matrix(("bf16", "fp16", "fp32"), IMAGE_FORMATS, ALL_MODES),
         "vqmodel": Matrix(("bf16", "fp32"), ("nchw",), FWD_FWDBWD),
         "tokenize": Matrix(("bf16",), ("nchw",), FORWARD),
+        "overhead": Matrix(("fp32",), ("any",), FWD_FWDBWD),
     },
     "cpu": {
         "group_norm_silu": Matrix(("fp32",), ("nchw",), FWD_FWDBWD),
@@ -158,6 +167,7 @@ MATRIX: dict[str, dict[str, Matrix]] = {
         "padded_conv2d": Matrix(("fp32",), ("nchw",), FWD_FWDBWD),
         "vqmodel": Matrix(("fp32",), ("nchw",), FORWARD),
         "tokenize": Matrix(("fp32",), ("nchw",), FORWARD),
+        "overhead": Matrix(("fp32",), ("any",), FWD_FWDBWD),
     },
     "tiny": {
         "group_norm_silu": Matrix(("fp32",), IMAGE_FORMATS, ALL_MODES),
@@ -166,6 +176,7 @@ MATRIX: dict[str, dict[str, Matrix]] = {
         "padded_conv2d": Matrix(("fp32",), ("nchw",), ALL_MODES),
         "vqmodel": Matrix(("fp32",), ("nchw",), FWD_FWDBWD),
         "tokenize": Matrix(("fp32",), ("nchw",), FORWARD),
+        "overhead": Matrix(("fp32",), ("any",), FWD_FWDBWD),
     },
 }
 

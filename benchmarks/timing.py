@@ -105,6 +105,28 @@ def time_cpu(fn: Callable[[], object], target_s: float = 0.2, min_reps: int = 3,
     return Timing.of(seconds)
 
 
+def time_host_loop(fn: Callable[[], object], device: torch.device, target_s: float = 0.2,
+                   inner_s: float = 2e-3, max_loops: int = 200) -> Timing:
+    """Per-call host wall clock of ``fn``: loops of back-to-back calls (about ``inner_s`` each)
+    with one device synchronisation per loop, median and percentiles over loops. For calls whose
+    cost is mostly Python and dispatch: per-call timers and events would measure themselves."""
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    inner = max(1, int(inner_s / max(time.perf_counter() - start, 1e-7)))
+    per_call, spent = [], 0.0
+    while len(per_call) < 5 or (spent < target_s and len(per_call) < max_loops):
+        start = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        synchronize(device)
+        elapsed = time.perf_counter() - start
+        per_call.append(elapsed / inner)
+        spent += elapsed
+    return Timing.of(per_call)
+
+
 def peak_memory(fn: Callable[[], object], device: torch.device) -> tuple[object, float | None]:
     """Run ``fn`` once; return its result and the peak bytes it allocated beyond what existed."""
     if device.type == "cuda":

@@ -37,8 +37,9 @@ def check_tensor(
     if dtypes is not None and value.dtype not in dtypes:
         raise TypeError(f"{name} must have dtype in ({_dtype_names(dtypes)}), got {value.dtype}")
     if ndim is not None:
-        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
-        if value.dim() not in allowed:
+        rank = value.dim()
+        if rank != ndim if type(ndim) is int else rank not in ndim:
+            allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
             want = " or ".join(str(n) for n in allowed)
             raise ValueError(f"{name} must have {want} dimensions, got shape {tuple(value.shape)}")
     if min_ndim is not None and value.dim() < min_ndim:
@@ -152,7 +153,7 @@ def check_matches_module(name: str, value: torch.Tensor, module: torch.nn.Module
     """``value`` is on the device of ``module``'s parameters and, with ``dtype``, has their dtype
     unless autocast is on for its device. PyTorch's layers need both but would report a layer's
     weight in a ``RuntimeError``; this names the argument. A module without parameters passes."""
-    param = next(module.parameters(), None)
+    param = _first_parameter(module)
     if param is None:
         return
     owner = type(module).__name__
@@ -166,3 +167,17 @@ def check_matches_module(name: str, value: torch.Tensor, module: torch.nn.Module
             f"{name} has dtype {value.dtype} but the {owner}'s parameters have dtype {param.dtype}; "
             "convert one to the other's dtype, or run under torch.autocast"
         )
+
+
+def _first_parameter(module: torch.nn.Module) -> torch.Tensor | None:
+    """``next(module.parameters(), None)`` (the same pre-order) without building generators:
+    this runs in every fast block's forward."""
+    for param in module._parameters.values():
+        if param is not None:
+            return param
+    for child in module._modules.values():
+        if child is not None:
+            param = _first_parameter(child)
+            if param is not None:
+                return param
+    return None

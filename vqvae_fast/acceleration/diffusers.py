@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from .. import nn as fast
 from .. import ops
 from ..nn._adopt import adopt
+from ..nn._derived import DerivedWeightsMixin
+from ..nn.attention import projection_weights
 from ..nn.resnet import norm_act
 from ..nn.upsample import upsample_then_conv
 from .rules import Rule, conv_problem, first_problem, group_norm_problem
@@ -35,12 +37,14 @@ class ResnetBlock2D(nn.Module):
         return out if self.output_scale_factor == 1.0 else out / self.output_scale_factor
 
 
-class VAEAttention(nn.Module):
+class VAEAttention(DerivedWeightsMixin, nn.Module):
     """diffusers' single-head VAE ``Attention`` (group norm, Linear q/k/v/out, residual) on fast ops.
 
     The Linear weights ``(C, C)`` act on channels, so on ``(B, C, H, W)`` they are 1x1
     convolutions: q, k and v come from one convolution over the concatenated weights and are read
-    by the attention kernel as channel slices, with no transposes.
+    by the attention kernel as channel slices, with no transposes. In inference the output
+    projection is folded into the value projection, and the weights are cached while unchanged
+    (:func:`vqvae_fast.nn.attention.projection_weights`).
     """
 
     def forward(self, hidden_states: torch.Tensor, encoder_hidden_states=None, attention_mask=None, **kwargs) -> torch.Tensor:
@@ -53,15 +57,15 @@ class VAEAttention(nn.Module):
         gn = self.group_norm
         h = ops.group_norm_silu(hidden_states, gn.num_groups, gn.weight, gn.bias, gn.eps, activation=None)
         channels = h.shape[1]
-        weight = torch.cat([self.to_q.weight, self.to_k.weight, self.to_v.weight])  # (3C, C)
-        bias = None
-        if self.to_q.bias is not None:
-            bias = torch.cat([self.to_q.bias, self.to_k.bias, self.to_v.bias])
+        q, k, v, proj = self.to_q, self.to_k, self.to_v, self.to_out[0]
+        weight, bias, w_out, b_out = projection_weights(
+            self, q.weight, q.bias, k.weight, k.bias, v.weight, v.bias, proj.weight, proj.bias
+        )
         qkv = F.conv2d(h, weight[:, :, None, None], bias)  # (B, 3C, H, W)
         q, k, v = qkv.split(channels, dim=1)
         out = ops.spatial_attention(q, k, v, scale=channels**-0.5)  # (B, C, H, W)
-        proj = self.to_out[0]
-        out = F.conv2d(out, proj.weight[:, :, None, None], proj.bias)
+        if w_out is not None:  # training: the output projection as it is (else folded into v)
+            out = F.conv2d(out, w_out[:, :, None, None], b_out)
         out = self.to_out[1](out)
         out = out + residual
         return out if self.rescale_output_factor == 1.0 else out / self.rescale_output_factor
@@ -74,15 +78,16 @@ class Downsample2D(nn.Module):
         return ops.padded_conv2d(hidden_states, self.conv.weight, self.conv.bias, stride=2, padding=(0, 1, 0, 1))
 
 
-class Upsample2D(nn.Module):
-    """diffusers' ``Upsample2D`` (nearest x2 then 3x3 conv) as one folded transposed conv."""
+class Upsample2D(DerivedWeightsMixin, nn.Module):
+    """diffusers' ``Upsample2D`` (nearest x2 then 3x3 conv) as one folded transposed conv (CUDA;
+    the folded weight cached while ``conv.weight`` is unchanged)."""
 
     def forward(self, hidden_states: torch.Tensor, output_size=None, *args, **kwargs) -> torch.Tensor:
         expected = (hidden_states.shape[2] * 2, hidden_states.shape[3] * 2)
         if output_size is not None and tuple(output_size) != expected:
             up = F.interpolate(hidden_states, size=output_size, mode="nearest")
             return self.conv(up)
-        return upsample_then_conv(hidden_states, self.conv.weight, self.conv.bias)
+        return upsample_then_conv(hidden_states, self.conv.weight, self.conv.bias, self)
 
 
 # -- recognition -----------------------------------------------------------------------------------

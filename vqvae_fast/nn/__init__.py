@@ -17,6 +17,7 @@ _EXPORTS = {
     "Downsample": "downsample",
     "ResnetBlock": "resnet",
     "Upsample": "upsample",
+    "refresh_derived_weights": "_derived",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -8,9 +8,50 @@ import torch.nn as nn
 from .. import _validation as V
 from .. import ops
 from ..reference import blocks as reference_blocks
+from ._derived import DerivedWeightsMixin, cacheable, derived
 
 
-class AttnBlock(nn.Module):
+def projection_weights(module: nn.Module, wq, bq, wk, bk, wv, bv, wo, bo) -> tuple:
+    r"""The attention block's GEMM operands from its ``q, k, v, proj_out`` weights ``(C, C)`` or
+    ``(C, C, 1, 1)`` and biases ``(C,)`` or ``None``: ``(w_qkv (3C, C), b_qkv (3C,), w_o, b_o)``.
+
+    In training (autograd must reach the parameters) and under ``torch.compile``: the three
+    weights concatenated on every call, and the output projection as it is.
+
+    Otherwise the value projection is folded into the output projection. Softmax rows sum to 1,
+    so with ``A`` the attention probabilities and ``V = W_v h + b_v``,
+
+    .. math::
+        W_o V A^\top + b_o = (W_o W_v h + W_o b_v + b_o) A^\top,
+
+    i.e. attention over ``v' = (W_o W_v) h + (W_o b_v + b_o)`` already is the block's projected
+    output: one ``C x C`` GEMM fewer per call. ``w_qkv = [W_q; W_k; W_o W_v]`` (the product
+    formed in fp64, fp32 for 16-bit weights, then rounded once), ``b_qkv = [b_q; b_k; W_o b_v +
+    b_o]`` and ``w_o = b_o = None``; cached per parameter version (:mod:`._derived`).
+    """
+    sources = (wq, bq, wk, bk, wv, bv, wo, bo)
+    if cacheable(*sources):
+        w_qkv, b_qkv = derived(module, "folded_qkv", _folded_qkv, *sources)
+        return w_qkv, b_qkv, None, None
+    channels = wq.shape[0]
+    w_qkv = torch.cat([wq, wk, wv]).view(3 * channels, channels)
+    biases = [b if b is not None else w_qkv.new_zeros(channels) for b in (bq, bk, bv)]
+    return w_qkv, torch.cat(biases), wo.view(channels, channels), bo
+
+
+def _folded_qkv(wq, bq, wk, bk, wv, bv, wo, bo) -> tuple[torch.Tensor, torch.Tensor]:
+    channels = wq.shape[0]
+    dtype = wq.dtype
+    wide = torch.float64 if dtype in (torch.float32, torch.float64) else torch.float32
+    wv, wo = wv.reshape(channels, channels).to(wide), wo.reshape(channels, channels).to(wide)
+    zeros = wq.new_zeros(channels, dtype=wide)
+    b_v = wo @ (zeros if bv is None else bv.to(wide)) + (zeros if bo is None else bo.to(wide))
+    w_qkv = torch.cat([wq.reshape(channels, channels), wk.reshape(channels, channels), (wo @ wv).to(dtype)])
+    biases = [zeros.to(dtype) if b is None else b for b in (bq, bk)]
+    return w_qkv, torch.cat([*biases, b_v.to(dtype)])
+
+
+class AttnBlock(DerivedWeightsMixin, nn.Module):
     r"""Single-head self-attention over spatial positions with a residual connection.
 
     .. math::
@@ -21,11 +62,14 @@ class AttnBlock(nn.Module):
     (``norm``, ``q``, ``k``, ``v``, ``proj_out``) and state_dict keys, as:
 
     * the group norm through :func:`vqvae_fast.group_norm_silu` (``activation=None``);
-    * ``q``, ``k``, ``v`` as one GEMM with the three weights concatenated at call time (the
-      parameters stay ``q.weight``, ``k.weight``, ``v.weight``), bias in the GEMM;
+    * ``q``, ``k``, ``v`` as one GEMM with the three weights concatenated (the parameters stay
+      ``q.weight``, ``k.weight``, ``v.weight``), bias in the GEMM;
     * :func:`vqvae_fast.spatial_attention` reading ``q``, ``k``, ``v`` as channel slices of that
       one ``(B, 3C, N)`` result;
-    * ``proj_out`` as a GEMM that accumulates into the residual ``x + b_p`` (``beta = 1``).
+    * in training, ``proj_out`` as a GEMM that accumulates into the residual ``x + b_p``
+      (``beta = 1``); in inference ``proj_out`` is folded into the value projection (see
+      :func:`projection_weights`) and the attention's output is added to ``x``. The folded and
+      concatenated weights are cached while the parameters are unchanged.
 
     NCHW inputs run in ``(B, C, N)`` layout (``(B, N, C)`` for the attention when ``H W`` is not
     a multiple of 16), channels-last inputs in ``(B, N, C)`` layout; the output has the input's
@@ -86,10 +130,10 @@ class AttnBlock(nn.Module):
         n = height * width
         norm = self.norm
         h = ops.group_norm_silu(x, norm.num_groups, norm.weight, norm.bias, norm.eps, activation=None)
-        w_qkv = torch.cat([self.q.weight, self.k.weight, self.v.weight]).view(3 * channels, channels)
-        b_qkv = _cat_bias(self.q.bias, self.k.bias, self.v.bias, w_qkv)
-        w_proj = self.proj_out.weight.view(channels, channels)
-        b_proj = self.proj_out.bias
+        q, k, v, o = self.q, self.k, self.v, self.proj_out
+        w_qkv, b_qkv, w_proj, b_proj = projection_weights(
+            self, q.weight, q.bias, k.weight, k.bias, v.weight, v.bias, o.weight, o.bias
+        )
         tokens = _is_channels_last(x)
         if tokens:  # (B*N, C) rows: the 1x1 convolutions are one plain GEMM over positions
             h_tok = h.permute(0, 2, 3, 1).reshape(batch * n, channels)  # (B*N, C), a view if channels-last
@@ -108,17 +152,20 @@ class AttnBlock(nn.Module):
         if tokens:
             a_tok = a.transpose(1, 2).reshape(batch * n, channels)  # (B*N, C), a view
             x_tok = x.permute(0, 2, 3, 1).reshape(batch * n, channels)  # (B*N, C), a view
-            y_tok = _add_projection(x_tok, b_proj, a_tok, w_proj.t(), torch.addmm, torch.Tensor.addmm_)
+            if w_proj is None:  # folded: a is the projected output already
+                y_tok = x_tok + a_tok
+            else:
+                y_tok = _add_projection(x_tok, b_proj, a_tok, w_proj.t(), torch.addmm, torch.Tensor.addmm_)
             return y_tok.view(batch, height, width, channels).permute(0, 3, 1, 2)  # channels-last (B, C, H, W)
         x3 = x.reshape(batch, channels, n)  # (B, C, N)
-        bias3 = None if b_proj is None else b_proj.view(channels, 1)
-        y3 = _add_projection(x3, bias3, w_proj.expand(batch, -1, -1), a, torch.baddbmm, torch.Tensor.baddbmm_)
+        if w_proj is None:
+            y3 = x3 + a
+            if not y3.is_contiguous():  # a laid out (B, N, C) may lead the sum's layout
+                y3 = y3.contiguous()
+        else:
+            bias3 = None if b_proj is None else b_proj.view(channels, 1)
+            y3 = _add_projection(x3, bias3, w_proj.expand(batch, -1, -1), a, torch.baddbmm, torch.Tensor.baddbmm_)
         return y3.view(batch, channels, height, width)
-
-
-def _cat_bias(bq, bk, bv, like: torch.Tensor) -> torch.Tensor:
-    biases = [b if b is not None else like.new_zeros(like.shape[1]) for b in (bq, bk, bv)]
-    return torch.cat(biases)
 
 
 def _is_channels_last(x: torch.Tensor) -> bool:

@@ -6,22 +6,25 @@ import torch
 import torch.nn as nn
 
 from .. import _validation as V
-from ..ops.codebook_argmin import PRECISIONS, codebook_argmin
+from ..ops.codebook_argmin import PRECISIONS, code_norms, codebook_argmin
 from ..reference import quantize as reference
+from ._derived import DerivedWeightsMixin, derived
 
 
 # What forward and the index remapping read from a quantizer, under taming's names.
 REQUIRED_ATTRIBUTES = ("embedding", "n_e", "e_dim", "beta", "legacy", "remap", "sane_index_shape", "re_embed")
 
 
-class VectorQuantizer(reference.VectorQuantizer):
+class VectorQuantizer(DerivedWeightsMixin, reference.VectorQuantizer):
     r"""Replace each latent vector by its nearest codebook entry, as taming's ``VectorQuantizer2``.
 
     Same arguments, ``state_dict`` (``embedding.weight``, plus ``used`` with ``remap``), outputs,
     loss and straight-through gradient as :class:`vqvae_fast.reference.VectorQuantizer`; the
     nearest codes come from :func:`vqvae_fast.codebook_argmin` (no ``(N, K)`` distance matrix),
     the codes are gathered once, and ``remap`` uses an ``n_e``-entry lookup table instead of a
-    ``(B, L, len(used))`` comparison.
+    ``(B, L, len(used))`` comparison. On CPU the codebook norms are cached while the codebook is
+    unchanged. Nothing in the forward synchronises with the device (no boolean masks, no
+    ``.item()``), so it can be captured in a CUDA graph.
 
     For ``z`` of shape ``(B, e_dim, H, W)``: ``i = argmin_k ||z - e_k||^2`` per position,
     ``z_q = e_i`` and
@@ -113,28 +116,46 @@ class VectorQuantizer(reference.VectorQuantizer):
     # -- index remapping --------------------------------------------------------------------
 
     def remap_to_used(self, inds: torch.Tensor) -> torch.Tensor:
-        """Code indices ``(B, ...)`` to positions in ``used`` (first occurrence), via a lookup table."""
+        """Code indices ``(B, ...)`` to positions in ``used`` (first occurrence), via a lookup table.
+
+        Unknown codes get ``unknown_index``, or with ``"random"`` a uniform draw from
+        ``[0, re_embed)``: one draw per position, the ``j``-th unknown position taking the
+        ``j``-th draw (on CPU the very numbers the reference draws), without reading the count of
+        unknown codes back to the host."""
         ishape = inds.shape
         inds = inds.reshape(ishape[0], -1)  # (B, L)
-        used = self.used.to(inds)
-        in_range = (used >= 0) & (used < self.n_e)
-        table = torch.full((self.n_e,), -1, dtype=inds.dtype, device=inds.device)  # code -> position
-        positions = torch.arange(used.shape[0], dtype=inds.dtype, device=inds.device)
-        table.scatter_reduce_(0, used[in_range], positions[in_range], reduce="amin", include_self=False)
+        table = derived(self, "remap_table", lambda used: _remap_table(used, self.n_e), self.used)
+        table = table.to(inds)  # (n_e,) code -> position in used
         known_code = (inds >= 0) & (inds < self.n_e)
         new = torch.where(known_code, table[inds.clamp(0, self.n_e - 1)], -1)
         unknown = new < 0
         if self.unknown_index == "random":
-            new[unknown] = torch.randint(0, self.re_embed, size=new[unknown].shape, device=new.device)
+            flat_unknown = unknown.reshape(-1)
+            draws = torch.randint(0, self.re_embed, flat_unknown.shape, device=new.device, dtype=new.dtype)
+            rank = (flat_unknown.cumsum(0) - 1).clamp_(min=0)  # j for the j-th unknown position
+            new = torch.where(unknown, draws[rank].view(new.shape), new)
         else:
-            new[unknown] = self.unknown_index
+            new = torch.where(unknown, self.unknown_index, new)
         return new.reshape(ishape)
+
+    def unmap_to_all(self, inds: torch.Tensor) -> torch.Tensor:
+        """Positions in ``used`` ``(B, ...)`` back to code indices; the extra index maps to code 0's slot."""
+        ishape = inds.shape
+        inds = inds.reshape(ishape[0], -1)  # (B, L)
+        used = self.used.to(inds)
+        if self.re_embed > self.used.shape[0]:  # the "extra" unknown index
+            inds = torch.where(inds >= self.used.shape[0], 0, inds)
+        return used[inds].reshape(ishape)
 
     # -- forward ----------------------------------------------------------------------------
 
     def nearest_codes(self, z: torch.Tensor) -> torch.Tensor:
         """Indices ``(B, H, W)`` of the nearest codes of ``z`` ``(B, e_dim, H, W)``, read in place."""
-        return codebook_argmin(z.detach(), self.embedding.weight.detach(), precision=self.precision)
+        codebook = self.embedding.weight.detach()
+        norms = None
+        if codebook.device.type == "cpu":  # the CPU backend takes them; the GPU kernels make their own
+            norms = derived(self, "code_norms", code_norms, codebook)
+        return codebook_argmin(z.detach(), codebook, precision=self.precision, code_norms=norms)
 
     def usage(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(perplexity, counts)`` of code indices (any shape): counts by scatter-add, no one-hot."""
@@ -172,6 +193,17 @@ class VectorQuantizer(reference.VectorQuantizer):
         elif self.remap is None:
             indices = indices.reshape(-1)
         return z_q, loss, (perplexity, None, indices)
+
+
+def _remap_table(used: torch.Tensor, n_e: int) -> torch.Tensor:
+    """``(n_e,)`` int64: ``table[code]`` is the first position of ``code`` in ``used``, -1 where
+    absent. Entries of ``used`` outside ``[0, n_e)`` land in a spare slot that is cut off."""
+    count = used.shape[0]
+    slots = torch.where((used >= 0) & (used < n_e), used, n_e).long()
+    table = torch.full((n_e + 1,), count, dtype=torch.int64, device=used.device)  # count: "absent"
+    positions = torch.arange(count, dtype=torch.int64, device=used.device)
+    table.scatter_reduce_(0, slots, positions, reduce="amin", include_self=True)
+    return torch.where(table[:n_e] == count, -1, table[:n_e])
 
 
 VectorQuantizer2 = VectorQuantizer

@@ -42,7 +42,8 @@ class ResnetBlock(blocks.ResnetBlock):
             h = h + self.temb_proj(F.silu(temb))[:, :, None, None]
         h = self.conv2(self.dropout(norm_act(self.norm2, h)))
         shortcut = self.shortcut(x)
-        if torch.promote_types(h.dtype, shortcut.dtype) != h.dtype:  # fp32 input, bf16 convs (autocast)
+        if h.dtype != shortcut.dtype and torch.promote_types(h.dtype, shortcut.dtype) != h.dtype:
+            # fp32 input, bf16 convs (autocast): the sum in fp32, not in place
             return shortcut + h
         # conv2's output is not saved for its backward, so adding in place is autograd-safe
         return h.add_(shortcut)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from .. import _validation as V
 from ..reference import blocks
 from ._adopt import adopt
+from ._derived import DerivedWeightsMixin, derived
 
 # Rows: the 4 taps of the transposed kernel; columns: the 3 taps of the original conv.
 _FOLD = torch.tensor(
@@ -50,15 +51,23 @@ def upsample_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return F.conv_transpose2d(x, fold_upsample_weight(weight), bias, stride=2, padding=1)
 
 
-def upsample_then_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """The same result by the faster route for ``x``'s device: folded on CUDA, two steps elsewhere."""
-    if x.device.type == "cuda":
-        return upsample_conv(x, weight, bias)
+def upsample_then_conv(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, module: torch.nn.Module | None = None
+) -> torch.Tensor:
+    """The same result by the faster route for ``x``'s device: folded on CUDA, two steps elsewhere.
+
+    With ``module`` (the block owning ``weight``), the folded weight is cached on it while
+    ``weight`` is unchanged (:mod:`._derived`; recomputed with autograd in training)."""
+    if x.is_cuda:
+        folded = fold_upsample_weight(weight) if module is None else derived(module, "folded", fold_upsample_weight, weight)
+        return F.conv_transpose2d(x, folded, bias, stride=2, padding=1)
     return F.conv2d(F.interpolate(x, scale_factor=2.0, mode="nearest"), weight, bias, padding=1)
 
 
-class Upsample(blocks.Upsample):
-    """taming's Upsample (same arguments and state_dict keys) without the upsampled intermediate."""
+class Upsample(DerivedWeightsMixin, blocks.Upsample):
+    """taming's Upsample (same arguments and state_dict keys) without the upsampled intermediate.
+
+    On CUDA the folded transposed-convolution weight is cached while ``conv.weight`` is unchanged."""
 
     @classmethod
     def from_reference(cls, block: torch.nn.Module) -> "Upsample":
@@ -74,4 +83,4 @@ class Upsample(blocks.Upsample):
             V.check_matches_module("x", x, self)
         if not self.with_conv:
             return F.interpolate(x, scale_factor=2.0, mode="nearest")
-        return upsample_then_conv(x, self.conv.weight, self.conv.bias)
+        return upsample_then_conv(x, self.conv.weight, self.conv.bias, self)

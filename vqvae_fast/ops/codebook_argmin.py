@@ -1,28 +1,42 @@
-"""``codebook_argmin``: index of the nearest codebook entry for each latent vector."""
+"""``codebook_argmin``: index of the nearest codebook entry for each latent vector.
+
+Backends: ``triton`` (CUDA; fused distance + argmin kernels of ``vqvae_fast.kernels``), ``cpu``
+(blocked ``addmm`` + ``argmin`` below) and ``reference`` (the full ``N x K`` matrix). The fast
+backends run behind the custom op ``torch.ops.vqvae_fast.codebook_argmin`` so that
+``torch.compile`` keeps them as one node. The op is not differentiable, so of the rule of
+:func:`vqvae_fast._backend.custom_op_needed` only the first case applies: the custom op runs
+under ``torch.compile``; every eager call runs the selected backend directly. The custom op takes
+the backend the public call selected as its last argument (``"auto"`` selects, for direct
+``torch.ops`` callers).
+"""
 
 from __future__ import annotations
 
+import functools
 from typing import Iterator
 
 import torch
 
 from .. import _backend
 from .. import _validation as V
-from .._backend import op_backends
+from .._backend import custom_op_needed, op_backends
 from ..reference import ops as reference
 
 BACKENDS = op_backends("codebook_argmin")
 PRECISIONS = ("ieee", "fast")
 
-#: bytes of one block of distances on the CPU path (rows x K); bounds its extra memory.
-CPU_BLOCK_BYTES = 8 << 20
+#: bytes of one block of distances on the CPU path (rows x K); bounds its extra memory. 16 MiB:
+#: 256 rows of a 16384-code codebook in one GEMM (1.1x faster than 128-row blocks, one thread),
+#: while blocks much beyond the L2-resident size slow the small-D case (D=4: 1.5x at 32 MiB).
+CPU_BLOCK_BYTES = 16 << 20
 #: below this many rows the CPU path runs ``mm`` then ``add`` rather than ``addmm`` (1.2x faster
 #: at 16 rows of a 16384-code codebook; slower from a few hundred rows on).
 SMALL_BLOCK_ROWS = 64
 
 
 def _compute_dtype(z: torch.Tensor, codebook: torch.Tensor) -> torch.dtype:
-    return torch.promote_types(z.dtype, codebook.dtype)
+    dtype = z.dtype
+    return dtype if codebook.dtype == dtype else torch.promote_types(dtype, codebook.dtype)
 
 
 def _distance_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -40,15 +54,21 @@ def _no_distance(z: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------
-# Backends. Each returns ``(indices, distances)``; ``distances`` is empty when not asked for.
+# Backends. Each returns ``(indices, distances)``; ``distances`` is None when not asked for.
 
 
 @BACKENDS.register("triton", devices=("cuda",), dtypes=V.KERNEL_DTYPES, requires=_backend.triton_status)
-def _triton(z, codebook, precision, return_distance):
-    from ..kernels import codebook_argmin as kernels  # imports triton: only when chosen
+def _triton(z, codebook, precision, return_distance, code_norms=None):
+    """The kernels compute the code norms themselves (they read the codebook anyway)."""
+    return _kernels().codebook_argmin(z, codebook, precision, return_distance)
 
-    indices, distances = kernels.codebook_argmin(z, codebook, precision, return_distance)
-    return indices, distances if distances is not None else _no_distance(z, _compute_dtype(z, codebook))
+
+@functools.lru_cache(maxsize=None)
+def _kernels():
+    """``vqvae_fast.kernels.codebook_argmin``, imported (with triton) on first use only."""
+    from ..kernels import codebook_argmin as kernels
+
+    return kernels
 
 
 def _row_blocks(z: torch.Tensor, rows: int) -> Iterator[tuple[int, torch.Tensor]]:
@@ -78,49 +98,72 @@ def _row_blocks(z: torch.Tensor, rows: int) -> Iterator[tuple[int, torch.Tensor]
             yield b * HW, positions[b:b + per_block].reshape(-1, D)  # copies per_block items
 
 
-def cpu_codebook_argmin(z, codebook, return_distance, block_bytes: int = CPU_BLOCK_BYTES):
+def code_norms(codebook: torch.Tensor) -> torch.Tensor:
+    """``||e_k||^2`` ``(K,)`` in the CPU path's compute dtype (fp32; fp64 for fp64)."""
+    compute = torch.float64 if codebook.dtype == torch.float64 else torch.float32
+    return torch.linalg.vector_norm(codebook.to(compute), dim=1).square_()  # no (K, D) temporary
+
+
+def cpu_codebook_argmin(z, codebook, return_distance, block_bytes: int = CPU_BLOCK_BYTES, enorm=None):
     """Chunked PyTorch argmin: ``addmm`` then ``argmin`` per block of rows, never ``N x K``.
 
     Computes in fp32 (fp64 for fp64 inputs): ``d = ||e||^2 - 2 z.e`` per block of
     ``block_bytes / (K * itemsize)`` rows into one reused buffer, so the extra memory is that
     buffer, the codebook in the compute dtype and ``O(rows * D)`` — independent of ``N``.
     Distances of the chosen codes are ``sum_d (z_d - e_d)^2`` in the compute dtype.
+    ``enorm``: the code norms ``||e_k||^2`` if known (:func:`code_norms`), else computed here.
+    Returns ``(indices, distances or None)``.
     """
     compute = torch.float64 if _compute_dtype(z, codebook) == torch.float64 else torch.float32
     e = codebook.to(compute)  # (K, D); a copy only for 16-bit codebooks
     K = e.shape[0]
-    enorm = torch.linalg.vector_norm(e, dim=1).square_()  # (K,): no (K, D) temporary, 3x faster
+    if enorm is None:
+        enorm = torch.linalg.vector_norm(e, dim=1).square_()  # (K,): no (K, D) temporary, 3x faster
+    else:
+        enorm = enorm.to(compute)
     N = z.shape[0] * (z.shape[2] * z.shape[3] if z.dim() == 4 else 1)
     rows = max(1, min(N, block_bytes // (K * e.element_size())))
+    shape = _out_shape(z)
+    if 0 < N <= rows:  # one block: no buffer, no loop (what small calls take)
+        block = reference.flatten_latents(z).to(compute)  # (N, D); a copy for 4-D latents only
+        indices = _block_scores(block, e, enorm).argmin(dim=1)  # ties: lowest index
+        if not return_distance:
+            return indices.reshape(shape), None
+        return indices.reshape(shape), (block - e[indices]).pow(2).sum(1).reshape(shape)
     indices = torch.empty((N,), dtype=torch.int64, device=z.device)
     distances = torch.empty((N if return_distance else 0,), dtype=compute, device=z.device)
     buffer = torch.empty((rows * K,), dtype=compute, device=z.device)
     for start, block in _row_blocks(z, rows):
         block = block.to(compute)  # (r, D)
         count = block.shape[0]
-        scores = buffer[: count * K].view(count, K)
-        if count < SMALL_BLOCK_ROWS:  # MKL's GEMM with a broadcast bias is slow for a few rows
-            torch.add(enorm, torch.mm(block, e.t(), out=scores), alpha=-2, out=scores)
-        else:
-            torch.addmm(enorm, block, e.t(), beta=1, alpha=-2, out=scores)  # ||e||^2 - 2 z.e
+        scores = _block_scores(block, e, enorm, out=buffer[: count * K].view(count, K))
         chosen = indices[start:start + count]
         torch.argmin(scores, dim=1, out=chosen)  # ties: lowest index
         if return_distance:
             distances[start:start + count] = (block - e[chosen]).pow(2).sum(1)
-    shape = _out_shape(z)
-    return indices.reshape(shape), distances.reshape(shape) if return_distance else distances
+    return indices.reshape(shape), distances.reshape(shape) if return_distance else None
+
+
+def _block_scores(block, e, enorm, out=None):
+    """``||e||^2 - 2 z.e`` ``(r, K)`` for a block of rows ``(r, D)``, into ``out`` if given."""
+    if block.shape[0] < SMALL_BLOCK_ROWS:  # MKL's GEMM with a broadcast bias is slow for a few rows
+        products = torch.mm(block, e.t()) if out is None else torch.mm(block, e.t(), out=out)
+        return products.mul_(-2).add_(enorm)
+    if out is None:
+        return torch.addmm(enorm, block, e.t(), beta=1, alpha=-2)
+    return torch.addmm(enorm, block, e.t(), beta=1, alpha=-2, out=out)
 
 
 @BACKENDS.register("cpu", devices=("cpu",), dtypes=V.FLOAT_DTYPES)
-def _cpu(z, codebook, precision, return_distance):
-    return cpu_codebook_argmin(z, codebook, return_distance)
+def _cpu(z, codebook, precision, return_distance, code_norms=None):
+    return cpu_codebook_argmin(z, codebook, return_distance, enorm=code_norms)
 
 
 @BACKENDS.register("reference", devices=None, dtypes=V.FLOAT_DTYPES)
-def _reference(z, codebook, precision, return_distance):
+def _reference(z, codebook, precision, return_distance, code_norms=None):
     result = reference.codebook_argmin(z, codebook, return_distance=return_distance)
     if not return_distance:
-        return result
+        return result, None
     indices, distances = result
     return indices, distances.to(_distance_dtype(distances.dtype))
 
@@ -131,19 +174,19 @@ def _reference(z, codebook, precision, return_distance):
 
 @torch.library.custom_op("vqvae_fast::codebook_argmin", mutates_args=())
 def _codebook_argmin_op(
-    z: torch.Tensor, codebook: torch.Tensor, precision: str, return_distance: bool
+    z: torch.Tensor, codebook: torch.Tensor, precision: str, return_distance: bool, backend: str = "auto"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    backend = BACKENDS.select(z.device, _compute_dtype(z, codebook))
-    if backend.name == "reference":
-        result = backend.fn(z, codebook, precision, return_distance)
-        if return_distance:
-            return result[0], result[1]
-        return result, _no_distance(z, _compute_dtype(z, codebook))
-    return backend.fn(z, codebook, precision, return_distance)
+    """``(indices, distances)``; ``distances`` is empty unless ``return_distance``."""
+    if backend == "auto":
+        fn = BACKENDS.select(z.device, _compute_dtype(z, codebook)).fn
+    else:
+        fn = BACKENDS.backends[backend].fn
+    indices, distances = fn(z, codebook, precision, return_distance)
+    return indices, distances if distances is not None else _no_distance(z, _compute_dtype(z, codebook))
 
 
 @_codebook_argmin_op.register_fake
-def _codebook_argmin_fake(z, codebook, precision, return_distance):
+def _codebook_argmin_fake(z, codebook, precision, return_distance, backend="auto"):
     shape = _out_shape(z)
     distance_dtype = _distance_dtype(_compute_dtype(z, codebook))
     indices = z.new_empty(shape, dtype=torch.int64)
@@ -155,7 +198,7 @@ def _codebook_argmin_fake(z, codebook, precision, return_distance):
 # Public function
 
 
-def check_args(z, codebook, precision, return_distance) -> None:
+def check_args(z, codebook, precision, return_distance, code_norms=None) -> None:
     V.check_tensor("z", z, ndim=(2, 4))
     V.check_tensor("codebook", codebook, ndim=2)
     if codebook.shape[0] == 0:
@@ -167,12 +210,19 @@ def check_args(z, codebook, precision, return_distance) -> None:
         )
     if z.shape[1] == 0:
         raise ValueError("z must have a non-zero code dimension D")
-    V.check_same_device(z=z, codebook=codebook)
-    V.check_choice("precision", precision, PRECISIONS)
+    if codebook.device != z.device:
+        V.check_same_device(z=z, codebook=codebook)
+    if precision not in PRECISIONS:
+        V.check_choice("precision", precision, PRECISIONS)
     if not isinstance(return_distance, bool):
         raise TypeError(f"return_distance must be a bool, got {type(return_distance).__name__}")
-    V.check_no_grad("z", z, "codebook_argmin")
-    V.check_no_grad("codebook", codebook, "codebook_argmin")
+    if z.requires_grad or codebook.requires_grad:
+        V.check_no_grad("z", z, "codebook_argmin")
+        V.check_no_grad("codebook", codebook, "codebook_argmin")
+    if code_norms is not None:
+        V.check_tensor("code_norms", code_norms, ndim=1)
+        V.check_shape("code_norms", code_norms, (codebook.shape[0],))
+        V.check_same_device(z=z, code_norms=code_norms)
 
 
 def codebook_argmin(
@@ -180,6 +230,8 @@ def codebook_argmin(
     codebook: torch.Tensor,
     precision: str = "ieee",
     return_distance: bool = False,
+    *,
+    code_norms: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     r"""Nearest codebook entry of every latent vector, without the ``N x K`` distance matrix.
 
@@ -207,6 +259,10 @@ def codebook_argmin(
             On CPU both compute in fp32 (fp64 for fp64 inputs) with BLAS, in blocks of rows.
         return_distance: also return ``min_k ||z_n - e_k||^2``, computed for the chosen code as
             ``sum_d (z_d - e_d)^2`` (fp32; fp64 for fp64 inputs).
+        code_norms: optional ``||e_k||^2`` ``(K,)`` of this codebook, as
+            :func:`vqvae_fast.ops.codebook_argmin.code_norms` computes them (a quantizer caches
+            them while its codebook is unchanged). The CPU backend then skips computing them;
+            the GPU kernels compute their own while they read the codebook.
 
     Returns int64 indices ``(N,)`` or ``(B, H, W)``, and the distances of that shape if asked.
     Memory: ``O(N + K)`` on the GPU, one block of ``CPU_BLOCK_BYTES`` on the CPU; the reference
@@ -218,9 +274,10 @@ def codebook_argmin(
         >>> codebook_argmin(z, codebook).shape
         torch.Size([2, 4, 4])
     """
-    check_args(z, codebook, precision, return_distance)
+    check_args(z, codebook, precision, return_distance, code_norms)
     backend = BACKENDS.select(z.device, _compute_dtype(z, codebook))
-    if backend.name == "reference":
-        return backend.fn(z, codebook, precision, return_distance)
-    indices, distances = torch.ops.vqvae_fast.codebook_argmin(z, codebook, precision, return_distance)
+    if backend.name != "reference" and custom_op_needed(z, codebook):
+        indices, distances = torch.ops.vqvae_fast.codebook_argmin(z, codebook, precision, return_distance, backend.name)
+    else:
+        indices, distances = backend.fn(z, codebook, precision, return_distance, code_norms)
     return (indices, distances) if return_distance else indices

@@ -5,6 +5,19 @@ schema, checks and kernels are C++, in ``csrc/``); ``reference`` is ``F.pad`` + 
 This module registers the op's fake implementation (for ``torch.compile``) and its autograd
 formula, which calls ``torch.ops.vqvae_fast.padded_conv2d_backward``, once the extension loads.
 Without the extension the op falls back to the reference with a one-time warning.
+
+On CPU, chosen automatically, the op runs ``F.pad`` + ``F.conv2d`` (oneDNN): measured with one
+and two threads at the benchmark's CPU shapes (batch 1 and 8, 16x16 to 64x64, NCHW and
+channels_last) the extension's decomposition (ATen's convolution for the bulk, im2col + GEMM
+for the border strips) wins at some shapes and loses up to 1.3x at others, depending on the
+thread count as much as on the shape, so no size rule keeps it never slower. Forcing the ``cpu``
+backend (``use_backend("cpu")``) runs the extension's kernel, which never builds the padded
+input (less memory).
+
+When the compiled op runs (the rule of :func:`vqvae_fast._backend.custom_op_needed`): through
+``torch.ops`` under ``torch.compile`` and when autograd must record the call; an eager call that
+needs no gradient calls the same kernel below the autograd dispatch key (the Python autograd
+registration would otherwise cost a redispatch through Python on every call).
 """
 
 from __future__ import annotations
@@ -14,15 +27,33 @@ import torch
 from ._autocast import autocast_inputs
 from .. import _backend, _extension
 from .. import _validation as V
-from .._backend import op_backends
+from .._backend import custom_op_needed, op_backends
 from ..reference import ops as reference
 
 BACKENDS = op_backends("padded_conv2d")
-BACKENDS.register("reference", devices=None, dtypes=V.FLOAT_DTYPES)(reference.padded_conv2d)
 
 
 def _run_extension(x, weight, bias, stride, padding):
-    return torch.ops.vqvae_fast.padded_conv2d(x, weight, bias, list(stride), list(padding))
+    """The compiled op: through its autograd registration where :func:`custom_op_needed` says
+    so, else straight to its CPU / CUDA kernel."""
+    op = torch.ops.vqvae_fast.padded_conv2d.default
+    if custom_op_needed(x, weight, bias):
+        return op(x, weight, bias, list(stride), list(padding))
+    with torch._C._AutoDispatchBelowAutograd():
+        return op(x, weight, bias, list(stride), list(padding))
+
+
+def _pad_then_conv(x, weight, bias, stride, padding):
+    """``F.pad`` then ``F.conv2d``: the CPU choice (module docstring); keeps channels_last."""
+    return torch.conv2d(torch.constant_pad_nd(x, padding), weight, bias, stride)
+
+
+@BACKENDS.register("reference", devices=None, dtypes=V.FLOAT_DTYPES)
+def _reference(x, weight, bias, stride, padding):
+    reason = _extension.status(need_cuda=x.device.type == "cuda")
+    if reason is not None and x.device.type in ("cpu", "cuda") and _backend.forced_backend("padded_conv2d") is None:
+        _extension.warn_fallback("padded_conv2d", "reference", reason)
+    return reference.padded_conv2d(x, weight, bias, stride, padding)
 
 
 BACKENDS.register(
@@ -31,33 +62,62 @@ BACKENDS.register(
 )(_run_extension)
 BACKENDS.register(
     "cpu", devices=("cpu",), dtypes=V.FLOAT_DTYPES, requires=lambda: _backend.extension_status(),
+    auto=_pad_then_conv,
 )(_run_extension)
 
 
 def check_args(x, weight, bias, stride, padding) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+    """Raise on bad arguments; return ``stride`` and ``padding`` as tuples. The common case is a
+    few comparisons; anything unusual goes through the detailed checks, which name the argument."""
     V.check_tensor("x", x, ndim=4)
     V.check_tensor("weight", weight, ndim=4)
-    V.check_optional_tensor("bias", bias, ndim=1)
-    if weight.shape[1] != x.shape[1]:
-        raise ValueError(
-            f"weight expects {weight.shape[1]} input channels (weight.shape[1]) but x has "
-            f"{x.shape[1]} (x.shape[1])"
-        )
-    if weight.shape[2] < 1 or weight.shape[3] < 1:
-        raise ValueError(f"weight must have a kernel of at least 1x1, got shape {tuple(weight.shape)}")
     if bias is not None:
-        V.check_shape("bias", bias, (weight.shape[0],))
-    V.check_same_device(x=x, weight=weight, bias=bias)
-    V.check_same_dtype(x=x, weight=weight, bias=bias)
-    stride = V.check_int_tuple("stride", stride, 2, min_value=1)
-    padding = V.check_int_tuple("padding", padding, 4, min_value=0)
-    left, right, top, bottom = padding
-    if x.shape[2] + top + bottom < weight.shape[2] or x.shape[3] + left + right < weight.shape[3]:
+        V.check_tensor("bias", bias, ndim=1)
+    _, channels, height, width = x.shape
+    out_channels, in_channels, kernel_h, kernel_w = weight.shape
+    if in_channels != channels:
         raise ValueError(
-            f"x spatial size {tuple(x.shape[2:])} plus padding {padding} is smaller than the "
-            f"kernel {tuple(weight.shape[2:])}"
+            f"weight expects {in_channels} input channels (weight.shape[1]) but x has "
+            f"{channels} (x.shape[1])"
+        )
+    if kernel_h < 1 or kernel_w < 1:
+        raise ValueError(f"weight must have a kernel of at least 1x1, got shape {tuple(weight.shape)}")
+    dtype, device = x.dtype, x.device
+    if bias is None:
+        if weight.device != device:
+            V.check_same_device(x=x, weight=weight)
+        if weight.dtype != dtype:
+            V.check_same_dtype(x=x, weight=weight)
+    else:
+        if bias.shape[0] != out_channels:
+            V.check_shape("bias", bias, (out_channels,))
+        if weight.device != device or bias.device != device:
+            V.check_same_device(x=x, weight=weight, bias=bias)
+        if weight.dtype != dtype or bias.dtype != dtype:
+            V.check_same_dtype(x=x, weight=weight, bias=bias)
+    stride = _int_tuple("stride", stride, 2, 1)
+    padding = _int_tuple("padding", padding, 4, 0)
+    left, right, top, bottom = padding
+    if height + top + bottom < kernel_h or width + left + right < kernel_w:
+        raise ValueError(
+            f"x spatial size {(height, width)} plus padding {padding} is smaller than the "
+            f"kernel {(kernel_h, kernel_w)}"
         )
     return stride, padding
+
+
+def _int_tuple(name: str, value, length: int, min_value: int) -> tuple[int, ...]:
+    """``V.check_int_tuple`` with a quick accept for an int or a tuple of plain ints."""
+    if type(value) is int:
+        if value >= min_value:
+            return (value,) * length
+    elif type(value) is tuple and len(value) == length:
+        for v in value:
+            if type(v) is not int or v < min_value:
+                break
+        else:
+            return value
+    return V.check_int_tuple(name, value, length, min_value=min_value)
 
 
 def padded_conv2d(
@@ -90,12 +150,7 @@ def padded_conv2d(
     if isinstance(x, torch.Tensor):
         x, weight, bias = autocast_inputs(x.device, x, weight, bias)
     stride, padding = check_args(x, weight, bias, stride, padding)
-    backend = BACKENDS.select(x.device, x.dtype)
-    if backend.name == "reference" and _backend.forced_backend("padded_conv2d") is None:
-        reason = _extension.status(need_cuda=x.device.type == "cuda")
-        if reason is not None and x.device.type in ("cpu", "cuda"):
-            _extension.warn_fallback("padded_conv2d", "reference", reason)
-    return backend.fn(x, weight, bias, stride, padding)
+    return BACKENDS.select(x.device, x.dtype).fn(x, weight, bias, stride, padding)
 
 
 # ----------------------------------------------------------------------------------------------

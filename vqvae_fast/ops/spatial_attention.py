@@ -12,18 +12,25 @@ fp32 logits ``(B, rows, N)`` stays within :data:`CHUNK_BYTES`; nothing ``N x N``
 forward or backward. It also serves CUDA inputs the kernels do not take: fp32 (cuBLAS GEMMs,
 following ``torch.backends.cuda.matmul`` precision settings) and head sizes or GPUs without a
 kernel configuration.
+
+When the custom op runs (the rule of :func:`vqvae_fast._backend.custom_op_needed`): under
+``torch.compile``, and in eager mode when autograd must record the call; an eager call that
+needs no gradient runs the implementation (``triton_forward`` / ``chunked_forward``) directly.
+The cpu backend's small problems run the plain formulation, whose ATen ops autograd
+differentiates itself (see ``_cpu``). The custom ops take the backend the public call selected as
+their last argument (``"auto"`` selects, for direct ``torch.ops`` callers).
 """
 
 from __future__ import annotations
 
-import importlib
+import functools
 
 import torch
 
 from .. import _backend
-from ._autocast import autocast_inputs
+from ._autocast import autocast_inputs, autocast_off
 from .. import _validation as V
-from .._backend import op_backends
+from .._backend import custom_op_needed, op_backends
 from ..reference import ops as reference
 
 BACKENDS = op_backends("spatial_attention")
@@ -33,17 +40,22 @@ CHUNK_BYTES = 64 * 2**20
 
 
 def check_args(q, k, v, scale) -> None:
+    """Raise on bad arguments: a few comparisons for the common case, the detailed checks (which
+    name the argument) for anything else."""
     V.check_tensor("q", q, ndim=(3, 4))
     V.check_tensor("k", k, ndim=(3, 4))
     V.check_tensor("v", v, ndim=(3, 4))
     for name, t in (("k", k), ("v", v)):
         if t.shape != q.shape:
             raise ValueError(f"{name} must have q's shape {tuple(q.shape)}, got {tuple(t.shape)}")
-    V.check_same_dtype(q=q, k=k, v=v)
-    V.check_same_device(q=q, k=k, v=v)
+    if not (q.dtype == k.dtype == v.dtype):
+        V.check_same_dtype(q=q, k=k, v=v)
+    device = q.device
+    if k.device != device or v.device != device:
+        V.check_same_device(q=q, k=k, v=v)
     if q.shape[1] == 0:
         raise ValueError(f"q must have at least one channel (the head size C), got shape {tuple(q.shape)}")
-    if scale is not None:
+    if scale is not None and not (type(scale) is float and 0.0 < scale < float("inf")):
         V.check_float("scale", scale, positive=True, finite=True)
 
 
@@ -180,11 +192,12 @@ def chunked_backward(
 # Triton kernels (CUDA, or CPU tensors under TRITON_INTERPRET=1)
 
 
+@functools.lru_cache(maxsize=None)
 def _kernels():
-    return (
-        importlib.import_module("vqvae_fast.kernels.spatial_attention"),
-        importlib.import_module("vqvae_fast.kernels.spatial_attention_backward"),
-    )
+    """The forward and backward kernel modules, imported (with triton) on first use only."""
+    from ..kernels import spatial_attention, spatial_attention_backward
+
+    return spatial_attention, spatial_attention_backward
 
 
 def triton_forward(q, k, v, scale):
@@ -214,11 +227,12 @@ _IMPLEMENTATIONS = {
 }
 
 
-def _implementation(t: torch.Tensor):
-    """The (forward, backward) pair of the backend selected for ``t`` (chunked PyTorch for a
-    backend without one, e.g. ``reference`` forced while a compiled graph runs)."""
-    name = BACKENDS.select(t.device, t.dtype).name
-    return _IMPLEMENTATIONS.get(name, _IMPLEMENTATIONS["cpu"])
+def _implementation(backend: str, t: torch.Tensor):
+    """The (forward, backward) pair of ``backend`` (chunked PyTorch for a backend without one,
+    e.g. ``reference`` forced while a compiled graph runs); ``"auto"`` selects for ``t``."""
+    if backend == "auto":
+        backend = BACKENDS.select(t.device, t.dtype).name
+    return _IMPLEMENTATIONS.get(backend, _IMPLEMENTATIONS["cpu"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -226,111 +240,129 @@ def _implementation(t: torch.Tensor):
 
 
 @torch.library.custom_op("vqvae_fast::spatial_attention", mutates_args=())
-def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _attention_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, backend: str = "auto"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(out, lse)`` for ``(B, C, N)`` tensors; ``lse`` ``(B, N)`` is the natural log-sum-exp."""
-    forward, _ = _implementation(q)
-    with torch.autocast(q.device.type, enabled=False):  # the inputs' dtype decides, not autocast
+    forward, _ = _implementation(backend, q)
+    with autocast_off(q.device.type):  # the inputs' dtype decides, not autocast
         return forward(q, k, v, scale)
 
 
 @_attention_op.register_fake
-def _(q, k, v, scale):
+def _(q, k, v, scale, backend="auto"):
     return output_like(q), q.new_empty((q.shape[0], q.shape[2]), dtype=lse_dtype(q.dtype))
 
 
 @torch.library.custom_op("vqvae_fast::spatial_attention_backward", mutates_args=())
 def _attention_backward_op(
     grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-    out: torch.Tensor, lse: torch.Tensor, scale: float,
+    out: torch.Tensor, lse: torch.Tensor, scale: float, backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dq, dk, dv)`` given the output's gradient and the forward's ``out`` and ``lse``."""
-    _, backward = _implementation(q)
-    with torch.autocast(q.device.type, enabled=False):
+    _, backward = _implementation(backend, q)
+    with autocast_off(q.device.type):
         return backward(grad_out, q, k, v, out, lse, scale)
 
 
 @_attention_backward_op.register_fake
-def _(grad_out, q, k, v, out, lse, scale):
+def _(grad_out, q, k, v, out, lse, scale, backend="auto"):
     return output_like(q), output_like(k), output_like(v)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, scale = inputs
+    q, k, v, scale, backend = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse)
-    ctx.scale = scale
+    ctx.scale, ctx.backend = scale, backend
     ctx.mark_non_differentiable(lse)
 
 
 def _backward(ctx, grad_out, grad_lse):
     q, k, v, out, lse = ctx.saved_tensors
     if grad_out is None:
-        return None, None, None, None
-    dq, dk, dv = torch.ops.vqvae_fast.spatial_attention_backward(grad_out, q, k, v, out, lse, ctx.scale)
-    return dq, dk, dv, None
+        return None, None, None, None, None
+    dq, dk, dv = torch.ops.vqvae_fast.spatial_attention_backward(
+        grad_out, q, k, v, out, lse, ctx.scale, ctx.backend
+    )
+    return dq, dk, dv, None, None
 
 
 _attention_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _through_custom_op(q, k, v, scale):
-    """Run the custom op on ``(B, C, N)`` views of ``(B, C, N)`` or ``(B, C, H, W)`` inputs."""
+def _through_custom_op(q, k, v, scale, backend: str):
+    """``backend``'s implementation on ``(B, C, N)`` views of ``(B, C, N)`` or ``(B, C, H, W)``
+    inputs: through the custom op where :func:`custom_op_needed` says so, else directly."""
     shape = q.shape
     batch, channels = shape[0], shape[1]
-    if scale is None:
-        scale = channels**-0.5
+    scale = channels**-0.5 if scale is None else float(scale)
     n = 1
     for size in shape[2:]:
         n *= size
     q3, k3, v3 = (t.reshape(batch, channels, n) for t in (q, k, v))  # (B, C, N), views if possible
-    if _needs_custom_op(q3, k3, v3):
-        out, _ = torch.ops.vqvae_fast.spatial_attention(q3, k3, v3, float(scale))
-    else:  # eager inference: the op's own implementation, without its dispatch (~50 us a call)
-        forward, _ = _implementation(q3)
-        with torch.autocast(q3.device.type, enabled=False):
-            out, _ = forward(q3, k3, v3, float(scale))
+    if custom_op_needed(q3, k3, v3):
+        out, _ = torch.ops.vqvae_fast.spatial_attention(q3, k3, v3, scale, backend)
+    else:
+        forward, _ = _IMPLEMENTATIONS.get(backend, _IMPLEMENTATIONS["cpu"])
+        with autocast_off(q3.device.type):  # the inputs' dtype decides, as in the op
+            out, _ = forward(q3, k3, v3, scale)
     return out.reshape(shape)  # a view: (B, N, C) storage gives channels-last (B, C, H, W)
 
 
-def _needs_custom_op(*tensors: torch.Tensor) -> bool:
-    """The custom op is what autograd differentiates and what torch.compile keeps opaque; an
-    eager call that needs neither runs the same implementation directly."""
-    if torch.compiler.is_compiling():
-        return True
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-
-
-BACKENDS.register(
-    "triton", devices=("cuda",), dtypes=V.KERNEL_DTYPES, requires=_backend.triton_status
-)(_through_custom_op)
+@BACKENDS.register("triton", devices=("cuda",), dtypes=V.KERNEL_DTYPES, requires=_backend.triton_status)
+def _triton(q, k, v, scale):
+    return _through_custom_op(q, k, v, scale, "triton")
 
 
 @BACKENDS.register("cpu", devices=("cpu",), dtypes=V.FLOAT_DTYPES)
 def _cpu(q, k, v, scale):
     """CPU tensors. An eager call whose whole ``(B, N, N)`` block of fp32 logits fits in
     :data:`CHUNK_BYTES` (the chunked implementation would make it one chunk) runs the plain
-    formulation: one GEMM, one fused softmax, one GEMM, with autograd saving the probabilities.
-    That is the fastest PyTorch has on a CPU, and its backward needs no recomputation. Larger
-    ``N`` and traced calls go through the custom op (chunked, ``O(N)`` memory per row block)."""
+    formulation (:func:`_plain`), with autograd saving the probabilities: the fastest PyTorch has
+    on a CPU (measured against SDPA's CPU kernels, one thread), and its backward needs no
+    recomputation. Larger ``N`` and traced calls go through :func:`_through_custom_op`
+    (chunked, ``O(N)`` memory per row block)."""
     if _plain_is_faster(q) and not torch.compiler.is_compiling():
-        with torch.autocast("cpu", enabled=False):  # the inputs' dtype decides, as in the op
-            return reference.spatial_attention(q, k, v, scale)
-    return _through_custom_op(q, k, v, scale)
+        with autocast_off("cpu"):  # the inputs' dtype decides, as in the op
+            return _plain(q, k, v, scale)
+    return _through_custom_op(q, k, v, scale, "cpu")
+
+
+# baddbmm's ignored (beta = 0) input, broadcast to the logits: the scale rides in the GEMM.
+_ZERO = {dtype: torch.zeros((), dtype=dtype) for dtype in (torch.float32, torch.float64)}
+
+
+def _plain(q, k, v, scale):
+    """``v softmax(s qᵀ k)ᵀ`` in three ATen ops on ``(B, C, N)`` views (positions innermost)."""
+    shape = q.shape
+    if len(shape) == 4:
+        q, k, v = (t.view(shape[0], shape[1], -1) for t in (q, k, v))  # (B, C, N)
+    scale = shape[1] ** -0.5 if scale is None else scale
+    logits = torch.baddbmm(_ZERO[q.dtype], q.transpose(1, 2), k, beta=0, alpha=scale)  # (B, N, N)
+    out = torch.bmm(v, torch.softmax(logits, dim=2).transpose(1, 2))  # (B, C, N)
+    return out.view(shape) if len(shape) == 4 else out
 
 
 def _plain_is_faster(q: torch.Tensor) -> bool:
     """fp32/fp64 (16-bit CPU inputs compute in fp32 only in the op), non-empty, positions
     innermost (the plain formulation's output layout is the op's then) and a ``(B, N, N)``
     block within :data:`CHUNK_BYTES`."""
-    if q.dtype not in (torch.float32, torch.float64) or q.numel() == 0:
+    if q.dtype not in (torch.float32, torch.float64):
         return False
-    batch, n = q.shape[0], q[0, 0].numel()
-    if q.dim() == 4:
-        positions_innermost = q.stride(3) == 1 and q.stride(2) == q.shape[3]
-    else:
-        positions_innermost = q.stride(2) == 1
+    shape = q.shape
+    batch, n = shape[0], shape[2] * (shape[3] if len(shape) == 4 else 1)
+    if batch * shape[1] * n == 0:
+        return False
+    positions_innermost = q.stride(-1) == 1 and (len(shape) == 3 or q.stride(2) == shape[3])
     return positions_innermost and batch * n * n * 4 <= CHUNK_BYTES
-BACKENDS.register("reference", devices=None, dtypes=V.FLOAT_DTYPES)(reference.spatial_attention)
+
+
+@BACKENDS.register("reference", devices=None, dtypes=V.FLOAT_DTYPES)
+def _reference(q, k, v, scale):
+    if q.numel() == 0:  # the reference cannot reshape a zero batch to (B, C, -1): the op's own path
+        return _through_custom_op(q, k, v, scale, "cpu")
+    return reference.spatial_attention(q, k, v, scale)
 
 
 def spatial_attention(
@@ -356,8 +388,4 @@ def spatial_attention(
     if isinstance(q, torch.Tensor):
         q, k, v = autocast_inputs(q.device, q, k, v)
     check_args(q, k, v, scale)
-    backend = BACKENDS.select(q.device, q.dtype)
-    if backend.name == "reference" and q.numel() == 0:
-        # the reference cannot reshape a zero batch to (B, C, -1); the op's own path returns it
-        return _through_custom_op(q, k, v, scale)
-    return backend.fn(q, k, v, scale)
+    return BACKENDS.select(q.device, q.dtype).fn(q, k, v, scale)
