@@ -90,8 +90,7 @@ def _group_norm(shape, groups, memory_format=torch.contiguous_format):
         w = _meta(shape[1:2])
         (_, mean, rstd), plan = K.plan_forward(x, groups, w, w, 1e-6, True, num_sms=132)
         plan += K.plan_backward(torch.empty_like(x), x, mean, rstd, w, w, groups, True, num_sms=132)[1]
-        return [(l.kernel, l.grid, l.args, dict(l.constexprs, num_warps=l.num_warps, num_stages=l.num_stages))
-                for l in plan]
+        return [(launch.kernel, launch.grid, launch.args, dict(launch.config.launch_options)) for launch in plan]
 
     return launches
 
@@ -102,7 +101,7 @@ def _codebook_argmin(z_shape, codebook_shape, precision, dtype=torch.float32):
 
         z, codebook = _meta(z_shape, dtype), _meta(codebook_shape, dtype)
         names = ["_code_norms_kernel", "_codebook_argmin_kernel", "_finalize_kernel"]
-        return _capture(K, names, lambda: K.codebook_argmin(z, codebook, precision, True))
+        return _capture(K.jit, names, lambda: K.codebook_argmin(z, codebook, precision, True))
 
     return launches
 
@@ -120,11 +119,11 @@ def _attention(make_qkv, capability=90):
         facts = F.device_facts
         F.device_facts = B.device_facts = lambda device: (capability, 132)
         try:
-            log = _capture(F, ["_forward_kernel", "_combine_kernel"],
+            log = _capture(F.jit, ["_forward_kernel", "_combine_kernel"],
                            lambda: F.forward(q, k, v, out, lse, channels**-0.5))
             if B.backward_configs(F.head_size(channels), capability) is not None:
                 grads = [q.new_empty((batch, channels, n)) for _ in range(3)]
-                log += _capture(B, ["_delta_kernel", "_dkdv_kernel", "_dq_kernel"],
+                log += _capture(B.jit, ["_delta_kernel", "_dkdv_kernel", "_dq_kernel"],
                                 lambda: B.backward(out, q, k, v, out, lse, *grads, channels**-0.5))
         finally:
             F.device_facts = B.device_facts = facts

@@ -20,6 +20,7 @@ import torch
 from .. import _backend
 from .. import _validation as V
 from .._backend import op_backends
+from .._device import output_memory_format
 from ..reference import ops as reference
 
 BACKENDS = op_backends("group_norm_silu")
@@ -85,15 +86,6 @@ def group_norm_silu(
         # F.group_norm refuses zero positions or channels; the op's own path returns the empty result
         return _call_op(x, num_groups, weight, bias, eps, activation)
     return backend.fn(x, num_groups, weight, bias, eps, activation)
-
-
-def output_memory_format(x: torch.Tensor) -> torch.memory_format:
-    """The memory format of the result for input ``x`` (every backend and the fake kernel agree)."""
-    formats = {4: torch.channels_last, 5: torch.channels_last_3d}
-    fmt = formats.get(x.dim())
-    if fmt is not None and not x.is_contiguous() and x.is_contiguous(memory_format=fmt):
-        return fmt
-    return torch.contiguous_format
 
 
 def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
