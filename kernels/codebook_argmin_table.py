@@ -37,12 +37,20 @@ FINALIZE_TILE = dict(BLOCK_N=64, BLOCK_D=32)
 SMALL_KERNEL_WARPS = 4
 _INTS = ("N", "K", "D", "HW", "stride_zb", "stride_zw", "stride_zd", "stride_ek", "num_splits", "tiles_per_split")
 
-#: (kernel, kind or None, addressing or None) -> {arch: CTAs per SM} the entries promise
-_OCCUPANCY = {}
+#: (kernel, dot kind or "rerank", addressing) -> {arch: CTAs per SM} its entries promise (what the
+#: compile gate measures): the main kernel holds a 128 x 128 fp32 tile of distances, one CTA of
+#: 8 warps per SM
+_OCCUPANCY = {
+    ("_code_norms_kernel", None, None): {"sm_80": 10, "sm_90a": 12},
+    ("_finalize_kernel", None, None): {"sm_80": 5, "sm_90a": 7},
+    ("_finalize_kernel", "rerank", None): {"sm_80": 4, "sm_90a": 4},
+    **{("_codebook_argmin_kernel", kind, addressing): {"sm_80": 1, "sm_90a": 1}
+       for kind in ("ieee", "tf32", "native") for addressing in ("aligned", "general")},
+}
 
 
 def _claim(kernel, kind=None, addressing=None) -> dict:
-    return _OCCUPANCY.get((kernel, kind, addressing), {"sm_80": 1, "sm_90a": 1})
+    return _OCCUPANCY[(kernel, kind, addressing)]
 
 
 def main_entry(kind, z_type, e_type, addressing, unit, even_d) -> Config:

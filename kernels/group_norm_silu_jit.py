@@ -205,6 +205,16 @@ def _gn_fwd_partial_stats_kernel(
 
 
 @triton.jit
+def _partial_means(pmean_ptr, base, j0, total, S, NUM_CHUNKS, CHUNK, BLOCK: tl.constexpr):
+    """Partials ``j0 + [0, BLOCK)`` of a group (of ``total``, chunk fastest): ``(j, mask, positions
+    each covers, their means)``."""
+    j = j0 + tl.arange(0, BLOCK)
+    m = j < total
+    cnt = tl.minimum(CHUNK, S - (j % NUM_CHUNKS) * CHUNK).to(tl.float32)
+    return j, m, cnt, tl.load(pmean_ptr + base + j, mask=m, other=0.0)
+
+
+@triton.jit
 def _gn_fwd_combine_kernel(
     pmean_ptr, pm2_ptr, mean_ptr, rstd_ptr,
     S, CPG, NUM_CHUNKS, CHUNK, eps,
@@ -219,18 +229,12 @@ def _gn_fwd_combine_kernel(
     pivot = tl.load(pmean_ptr + base)
     acc = tl.zeros([BLOCK], dtype=tl.float32)
     for j0 in range(0, total, BLOCK):
-        j = j0 + tl.arange(0, BLOCK)
-        m = j < total
-        cnt = tl.minimum(CHUNK, S - (j % NUM_CHUNKS) * CHUNK).to(tl.float32)
-        pm = tl.load(pmean_ptr + base + j, mask=m, other=0.0)
+        j, m, cnt, pm = _partial_means(pmean_ptr, base, j0, total, S, NUM_CHUNKS, CHUNK, BLOCK)
         acc += tl.where(m, cnt * (pm - pivot), 0.0)
     mean = pivot + tl.sum(acc, axis=0) / count
     acc = tl.zeros([BLOCK], dtype=tl.float32)
     for j0 in range(0, total, BLOCK):
-        j = j0 + tl.arange(0, BLOCK)
-        m = j < total
-        cnt = tl.minimum(CHUNK, S - (j % NUM_CHUNKS) * CHUNK).to(tl.float32)
-        pm = tl.load(pmean_ptr + base + j, mask=m, other=0.0)
+        j, m, cnt, pm = _partial_means(pmean_ptr, base, j0, total, S, NUM_CHUNKS, CHUNK, BLOCK)
         p2 = tl.load(pm2_ptr + base + j, mask=m, other=0.0)
         d = pm - mean
         acc += tl.where(m, p2 + cnt * d * d, 0.0)

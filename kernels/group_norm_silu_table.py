@@ -34,11 +34,6 @@ GROUP_TILE = (16, 32)  # (BLOCK_C, BLOCK_K) of the backward per-group kernel
 AFFINE_TILE = (16, 128)  # (BLOCK_N, BLOCK_C) of the weight / bias gradient kernel
 SMALL_KERNEL_WARPS = 4
 
-FORWARD_KERNELS = ("_gn_fwd_fused_kernel", "_gn_fwd_partial_stats_kernel", "_gn_fwd_combine_kernel",
-                   "_gn_fwd_apply_kernel")
-BACKWARD_KERNELS = ("_gn_bwd_fused_kernel", "_gn_bwd_partial_kernel", "_gn_bwd_group_kernel",
-                    "_gn_bwd_affine_kernel", "_gn_bwd_dx_kernel")
-
 #: the tensors each streaming kernel tiles, and its other pointers (per-group or per-chunk fp32)
 _TILED = {
     "_gn_fwd_fused_kernel": ("x", "y"),
@@ -57,8 +52,40 @@ _FP32 = {
     "_gn_bwd_dx_kernel": ("mean", "rstd", "c1", "c2"),
 }
 
-#: (kernel, tile) -> {arch: CTAs per SM} the entries promise (the gate's measured minimum)
-_OCCUPANCY = {}
+#: (kernel, tile) -> {arch: CTAs per SM} its entries promise (the least the compile gate measures
+#: over their dtypes, flags and layouts): memory-bound kernels want many resident warps -- the
+#: streaming kernels keep 16-48 of the 64 warps an SM holds
+_OCCUPANCY = {
+    ("_gn_bwd_affine_kernel", (16, 128)): {"sm_80": 8, "sm_90a": 9},
+    ("_gn_bwd_dx_kernel", (256, 16, 8)): {"sm_80": 3, "sm_90a": 3},
+    ("_gn_bwd_dx_kernel", (32, 128, 8)): {"sm_80": 3, "sm_90a": 3},
+    ("_gn_bwd_dx_kernel", (4, 1024, 8)): {"sm_80": 4, "sm_90a": 4},
+    ("_gn_bwd_dx_kernel", (64, 64, 8)): {"sm_80": 3, "sm_90a": 4},
+    ("_gn_bwd_fused_kernel", (16, 256, 16)): {"sm_80": 2, "sm_90a": 2},
+    ("_gn_bwd_fused_kernel", (4, 1024, 16)): {"sm_80": 2, "sm_90a": 2},
+    ("_gn_bwd_fused_kernel", (4, 256, 4)): {"sm_80": 9, "sm_90a": 10},
+    ("_gn_bwd_fused_kernel", (64, 16, 4)): {"sm_80": 8, "sm_90a": 8},
+    ("_gn_bwd_group_kernel", (16, 32)): {"sm_80": 9, "sm_90a": 10},
+    ("_gn_bwd_partial_kernel", (256, 16, 8)): {"sm_80": 2, "sm_90a": 2},
+    ("_gn_bwd_partial_kernel", (32, 128, 8)): {"sm_80": 2, "sm_90a": 2},
+    ("_gn_bwd_partial_kernel", (4, 1024, 8)): {"sm_80": 2, "sm_90a": 2},
+    ("_gn_bwd_partial_kernel", (64, 64, 8)): {"sm_80": 2, "sm_90a": 2},
+    ("_gn_fwd_apply_kernel", (256, 16, 8)): {"sm_80": 5, "sm_90a": 6},
+    ("_gn_fwd_apply_kernel", (32, 128, 8)): {"sm_80": 5, "sm_90a": 5},
+    ("_gn_fwd_apply_kernel", (4, 1024, 8)): {"sm_80": 6, "sm_90a": 5},
+    ("_gn_fwd_apply_kernel", (64, 64, 8)): {"sm_80": 6, "sm_90a": 6},
+    ("_gn_fwd_combine_kernel", (1024,)): {"sm_80": 10, "sm_90a": 9},
+    ("_gn_fwd_combine_kernel", (256,)): {"sm_80": 16, "sm_90a": 16},
+    ("_gn_fwd_fused_kernel", (16, 1024, 16)): {"sm_80": 1, "sm_90a": 1},
+    ("_gn_fwd_fused_kernel", (16, 256, 8)): {"sm_80": 4, "sm_90a": 5},
+    ("_gn_fwd_fused_kernel", (4, 256, 4)): {"sm_80": 12, "sm_90a": 12},
+    ("_gn_fwd_fused_kernel", (4, 4096, 16)): {"sm_80": 1, "sm_90a": 1},
+    ("_gn_fwd_fused_kernel", (64, 16, 4)): {"sm_80": 12, "sm_90a": 12},
+    ("_gn_fwd_partial_stats_kernel", (256, 16, 8)): {"sm_80": 3, "sm_90a": 3},
+    ("_gn_fwd_partial_stats_kernel", (32, 128, 8)): {"sm_80": 3, "sm_90a": 3},
+    ("_gn_fwd_partial_stats_kernel", (4, 1024, 8)): {"sm_80": 5, "sm_90a": 5},
+    ("_gn_fwd_partial_stats_kernel", (64, 64, 8)): {"sm_80": 4, "sm_90a": 4},
+}
 
 
 def pointer_types(kernel: str, x_type: str, param_type: str) -> dict:
@@ -84,7 +111,7 @@ def unit_strides(kernel: str, channels_last: bool) -> tuple:
 
 
 def _occupancy(kernel: str, tile) -> dict:
-    return _OCCUPANCY.get((kernel, tuple(tile)), {"sm_80": 1, "sm_90a": 1})
+    return _OCCUPANCY[(kernel, tuple(tile))]
 
 
 def _streaming(kernel, tile, channels_last, silu, x_type, param_type) -> Config:

@@ -88,8 +88,22 @@ BACKWARD_TILES = {
     },
 }
 
-#: (kernel, arch, HEAD, tile) -> CTAs per SM the entry promises (the gate's measured minimum)
-_OCCUPANCY = {}
+#: (kernel, HEAD) -> {arch: CTAs per SM} its entries promise (what the compile gate measures): the
+#: tensor-core kernels trade occupancy for large tiles, one or two CTAs of 4-8 warps per SM
+_OCCUPANCY = {
+    ("_combine_kernel", None): {"sm_80": 7, "sm_90a": 7},
+    ("_delta_kernel", None): {"sm_80": 10, "sm_90a": 12},
+    ("_forward_kernel", 64): {"sm_80": 1, "sm_90a": 2},
+    ("_forward_kernel", 128): {"sm_80": 1, "sm_90a": 1},
+    ("_forward_kernel", 256): {"sm_90a": 1},
+    ("_forward_kernel", 512): {"sm_90a": 1},
+    ("_dkdv_kernel", 64): {"sm_80": 2, "sm_90a": 2},
+    ("_dkdv_kernel", 128): {"sm_80": 1, "sm_90a": 1},
+    ("_dkdv_kernel", 256): {"sm_90a": 1},
+    ("_dq_kernel", 64): {"sm_80": 2, "sm_90a": 3},
+    ("_dq_kernel", 128): {"sm_80": 1, "sm_90a": 1},
+    ("_dq_kernel", 256): {"sm_90a": 1},
+}
 
 
 def arch_name(capability: int) -> str | None:
@@ -114,15 +128,15 @@ def _unit(names, layout, split_names=()):
     return tuple(f"stride_{t}{'c' if t in split_names else layout}" for t in names)
 
 
-def _claim(kernel, arch, head, tile) -> dict:
-    return {arch: _OCCUPANCY.get((kernel, arch, head, tile), 1)}
+def _claim(kernel, arch, head=None) -> dict:
+    return {arch: _OCCUPANCY[(kernel, head)][arch]}
 
 
 def forward_entry(arch, head, tile, dtype, layout, split) -> Config:
     return Config.make(
         "_forward_kernel", dict(Q=dtype, K=dtype, V=dtype, Out="fp32" if split else dtype, Lse="fp32"),
         dict(HEAD=head, BLOCK_M=tile.block_m, BLOCK_N=tile.block_n, BLOCK_CO=tile.block_co or head, SPLIT=split),
-        tile.num_warps, tile.num_stages, _claim("_forward_kernel", arch, head, tile),
+        tile.num_warps, tile.num_stages, _claim("_forward_kernel", arch, head),
         ones=_unit(("q", "k", "v", "o"), layout, ("o",) if split else ()), unaligned=("N",) if layout == "c" else (),
         floats=("qk_scale",), tensor_cores=True,
     )
@@ -131,7 +145,7 @@ def forward_entry(arch, head, tile, dtype, layout, split) -> Config:
 def combine_entry(arch, dtype, layout) -> Config:
     return Config.make(
         "_combine_kernel", dict(Part="fp32", PartLse="fp32", Out=dtype, Lse="fp32"), REDUCE_TILE, 4, 1,
-        _claim("_combine_kernel", arch, 0, None), ones=("stride_pc",) + _unit(("o",), layout),
+        _claim("_combine_kernel", arch), ones=("stride_pc",) + _unit(("o",), layout),
         unaligned=("SPLITS", "N") if layout == "c" else ("SPLITS",), wide_loads=True,
     )
 
@@ -139,7 +153,7 @@ def combine_entry(arch, dtype, layout) -> Config:
 def delta_entry(arch, dtype, layout) -> Config:
     return Config.make(
         "_delta_kernel", dict(Out=dtype, dOut=dtype, Delta="fp32"), REDUCE_TILE, 4, 1,
-        _claim("_delta_kernel", arch, 0, None), ones=_unit(("o", "d"), layout),
+        _claim("_delta_kernel", arch), ones=_unit(("o", "d"), layout),
         unaligned=("N",) if layout == "c" else (), wide_loads=True,
     )
 
@@ -148,7 +162,7 @@ def dkdv_entry(arch, head, tile, dtype, layout) -> Config:
     pointers = dict(Q=dtype, K=dtype, V=dtype, dOut=dtype, Lse="fp32", Delta="fp32", dK=dtype, dV=dtype)
     return Config.make(
         "_dkdv_kernel", pointers, dict(HEAD=head, BLOCK_M=tile.block_m, BLOCK_N=tile.block_n),
-        tile.num_warps, tile.num_stages, _claim("_dkdv_kernel", arch, head, tile),
+        tile.num_warps, tile.num_stages, _claim("_dkdv_kernel", arch, head),
         ones=_unit(("q", "k", "v", "d", "dk", "dv"), layout), unaligned=("N",) if layout == "c" else (),
         floats=("scale", "qk_scale"), tensor_cores=True,
     )
@@ -158,7 +172,7 @@ def dq_entry(arch, head, tile, dtype, layout, split) -> Config:
     pointers = dict(Q=dtype, K=dtype, V=dtype, dOut=dtype, Lse="fp32", Delta="fp32", dQ="fp32" if split else dtype)
     return Config.make(
         "_dq_kernel", pointers, dict(HEAD=head, BLOCK_M=tile.block_m, BLOCK_N=tile.block_n),
-        tile.num_warps, tile.num_stages, _claim("_dq_kernel", arch, head, tile),
+        tile.num_warps, tile.num_stages, _claim("_dq_kernel", arch, head),
         ones=_unit(("q", "k", "v", "d", "dq"), layout, ("dq",) if split else ()),
         unaligned=("N",) if layout == "c" else (), floats=("scale", "qk_scale"), tensor_cores=True,
     )

@@ -1,6 +1,6 @@
 """codebook_argmin: Triton kernels (interpreter on CPU) and the chunked CPU path vs the fp64 reference.
 
-Indices are compared as DESIGN.md section 4 says: the chosen code's fp64 distance must be within
+Indices are compared as docs/testing.md says: the chosen code's fp64 distance must be within
 fp32 rounding of the best one, and the index must be the reference's wherever the best and the
 second best distance differ by more than that rounding.
 """
@@ -14,6 +14,8 @@ import torch
 import vqvae_fast
 from vqvae_fast import reference
 from vqvae_fast.ops.codebook_argmin import CPU_BLOCK_BYTES, cpu_codebook_argmin
+
+from helpers import kernel_launches
 
 EPS32 = torch.finfo(torch.float32).eps
 
@@ -42,7 +44,7 @@ def rounding_tolerance(z, codebook):
 
 
 def assert_argmin_matches(z, codebook, indices, distances=None):
-    """DESIGN.md section 4's argmin rule, plus the distances of the chosen codes."""
+    """docs/testing.md's argmin rule, plus the distances of the chosen codes."""
     exact = exact_distances(z, codebook)  # (N, K)
     flat_idx = indices.reshape(-1).cpu()
     assert indices.dtype == torch.int64
@@ -95,7 +97,9 @@ def test_triton_matches_fp64_reference(triton_device, case):
     N, K, D, dtype, layout, precision = case
     z = make_latents(N, D, dtype, layout, triton_device)
     codebook = torch.randn(K, D, device=triton_device).to(dtype)
-    indices, distances = vqvae_fast.codebook_argmin(z, codebook, precision, return_distance=True)
+    with kernel_launches() as launched:
+        indices, distances = vqvae_fast.codebook_argmin(z, codebook, precision, return_distance=True)
+    assert launched == ["_code_norms_kernel", "_codebook_argmin_kernel", "_finalize_kernel"]
     expected_shape = (z.shape[0], z.shape[2], z.shape[3]) if z.dim() == 4 else (N,)
     assert indices.shape == expected_shape
     assert_argmin_matches(z, codebook, indices, distances)

@@ -1,7 +1,7 @@
 """group_norm_silu: Triton kernels (interpreter on CPU), the cpu backend, the custom op, the module.
 
 Every fast result is compared with ``vqvae_fast.reference.ops.group_norm_silu`` (fp64 for the
-expected value, the same dtype for the fp16/bf16 tolerance; DESIGN.md section 4).
+expected value, the same dtype for the fp16/bf16 tolerance; docs/testing.md).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import vqvae_fast
 from vqvae_fast.nn import GroupNormSiLU
 from vqvae_fast.reference import ops as R
 
-from helpers import assert_matches_reference, device_for_backend, max_abs_error
+from helpers import assert_matches_reference, device_for_backend, kernel_launches, max_abs_error
 
 ops_module = sys.modules["vqvae_fast.ops.group_norm_silu"]
 EPS = 1e-6
@@ -114,7 +114,9 @@ def test_triton_matches_reference(triton_device, case):
     shape, groups, dtype, layout, affine, activation = case
     x = make_input(shape, dtype, layout, triton_device)
     weight, bias = make_params(shape[1], dtype, triton_device, affine)
-    check_forward_and_backward(x, groups, weight, bias, activation, dtype)
+    with kernel_launches() as launched:
+        check_forward_and_backward(x, groups, weight, bias, activation, dtype)
+    assert launched[0].startswith("_gn_fwd_") and any(name.startswith("_gn_bwd_") for name in launched)
 
 
 @pytest.mark.parametrize("case", CASES + [((2, 16, 5, 5), 4, torch.float64, "channels_last", True, "silu")],
@@ -234,8 +236,7 @@ def test_nan_and_inf_propagate_like_the_reference(backend_device):
     x[1, 9, 0, 0] = float("inf")  # group 2 of sample 1
     x[1, 13, 1, 1] = -float("inf")  # group 3 of sample 1
     weight, bias = make_params(16, torch.float32, device)
-    with vqvae_fast.use_backend("reference"):
-        expected = vqvae_fast.group_norm_silu(x, 4, weight, bias, EPS)
+    expected = R.group_norm_silu(x, 4, weight, bias, EPS)
     y = vqvae_fast.group_norm_silu(x, 4, weight, bias, EPS)
     assert torch.equal(torch.isnan(y), torch.isnan(expected))
     assert torch.equal(torch.isinf(y), torch.isinf(expected))
