@@ -96,6 +96,7 @@ def _choose_path(path, cpg, S, tiles):
 
 
 def _split_layout(N, C, S, channels_last, num_sms, tile, chunk_tiles):
+    """``(tile, channel blocks, spatial blocks, CHUNK, NUM_CHUNKS)`` of the split path."""
     if tile is None:
         tile = split_tile(C, S, channels_last)
     else:  # an override names (BLOCK_C, BLOCK_S) of one of the table's tiles for this layout
@@ -285,7 +286,8 @@ def plan_forward(x, num_groups, weight, bias, eps, silu, *, memory_format=None, 
 
 
 def _launches(plan: Plan, args) -> list:
-    return [Launch(entry, getattr(jit, entry.kernel), grid, a) for entry, grid, a in zip(plan.entries, plan.grids, args)]
+    steps = zip(plan.entries, plan.grids, args)
+    return [Launch(entry, getattr(jit, entry.kernel), grid, a) for entry, grid, a in steps]
 
 
 def forward(x, num_groups, weight, bias, eps, silu, **choices):

@@ -131,7 +131,8 @@ def _streaming(kernel, tile, channels_last, silu, x_type, param_type) -> Config:
     if kernel != "_gn_fwd_partial_stats_kernel":
         constexprs["SILU"] = silu
     return Config.make(
-        kernel, pointer_types(kernel, x_type, param_type), constexprs, num_warps, 1, _occupancy(kernel, tile), ones=unit_strides(kernel, channels_last), unaligned=tuple(unaligned),
+        kernel, pointer_types(kernel, x_type, param_type), constexprs, num_warps, 1, _occupancy(kernel, tile),
+        ones=unit_strides(kernel, channels_last), unaligned=tuple(unaligned),
         floats=("eps",) if kernel == "_gn_fwd_fused_kernel" else (),
         wide_loads=x_type != "fp32" and unit_aligned and unit_extent >= 8,
     )

@@ -137,7 +137,8 @@ def attention_operands(batch, channels, n, dtype, layout):
 def test_spatial_attention_plans_stay_in_the_table():
     seen = set()
     for capability, batch, channels, n, dtype, layout in itertools.product(
-        CAPABILITIES, (1, 2, 16), (8, 48, 64, 128, 200, 256, 320, 512), (1, 30, 64, 256, 1024, 4096), (torch.float16, torch.bfloat16),
+        CAPABILITIES, (1, 2, 16), (8, 48, 64, 128, 200, 256, 320, 512), (1, 30, 64, 256, 1024, 4096),
+        (torch.float16, torch.bfloat16),
         ("n", "c", "projection"),
     ):
         head = attention.head_size(channels)
