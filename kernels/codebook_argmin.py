@@ -48,9 +48,14 @@ def choose_splits(row_blocks: int, num_tiles: int, programs: int, num_splits: in
     return -(-num_tiles // tiles_per_split), tiles_per_split
 
 
+def _channel_stride(z: torch.Tensor) -> int:
+    """The stride along ``D``; 1 when ``D == 1`` (never stepped along: the unit-stride layout)."""
+    return z.stride(1) if z.shape[1] > 1 else 1
+
+
 def _rows(z: torch.Tensor) -> dict:
     """How the kernels address the rows of a 2-D ``z`` (one batch item of ``N`` positions)."""
-    return dict(B=1, HW=z.shape[0], stride_zb=0, stride_zw=z.stride(0), stride_zd=z.stride(1))
+    return dict(B=1, HW=z.shape[0], stride_zb=0, stride_zw=z.stride(0), stride_zd=_channel_stride(z))
 
 
 def _as_rows(z: torch.Tensor) -> torch.Tensor:
@@ -72,7 +77,7 @@ def latent_rows(z: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, 
         rows = _rows(z)
     else:
         B, D, H, W = z.shape
-        rows = dict(B=B, HW=H * W, stride_zb=z.stride(0), stride_zw=z.stride(3), stride_zd=z.stride(1))
+        rows = dict(B=B, HW=H * W, stride_zb=z.stride(0), stride_zw=z.stride(3), stride_zd=_channel_stride(z))
         merged = H == 1 or z.stride(2) == W * z.stride(3)
         in_batch = B == 1 or (H * W) % T.MAIN_TILES["ieee"]["aligned"][0] == 0  # every tile's BLOCK_N
         if not (merged and in_batch):
@@ -89,12 +94,14 @@ def latent_rows(z: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, 
 
 def aligned(z: torch.Tensor, codebook: torch.Tensor, rows: dict) -> bool:
     """Whether Triton will see every pointer 16-byte aligned and every index integer divisible by
-    16 (or equal to 1): the case the "aligned" tiles are compiled and gated for."""
-    ints = [rows["B"] * rows["HW"], codebook.shape[0], rows["stride_zw"], rows["stride_zd"], codebook.stride(0)]
+    16 (or equal to 1): the case the "aligned" tiles are compiled and gated for. The code
+    dimension ``D`` (the codebook's row stride) must be 16-divisible: the table's aligned fp32
+    tiles have no mask along ``D``."""
+    ints = [rows["B"] * rows["HW"], codebook.shape[0], rows["stride_zw"], rows["stride_zd"]]
     if rows["B"] > 1:
         ints += [rows["HW"], rows["stride_zb"]]
     pointers_aligned = z.data_ptr() % 16 == 0 and codebook.data_ptr() % 16 == 0
-    return pointers_aligned and all(v % 16 == 0 or v == 1 for v in ints)
+    return pointers_aligned and codebook.stride(0) % 16 == 0 and all(v % 16 == 0 or v == 1 for v in ints)
 
 
 @functools.lru_cache(maxsize=1024)
