@@ -1,4 +1,4 @@
-"""The work each op must do: FLOPs and the fewest bytes it must move (DESIGN.md section 5).
+"""The work each op must do: FLOPs and the fewest bytes it must move (docs/performance.md).
 
 ``E`` elements, ``s`` bytes per element. A count is ``None`` where it says nothing useful (group
 norm's arithmetic is negligible; the end-to-end model's bytes depend on every layer). Backward

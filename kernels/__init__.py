@@ -1,5 +1,8 @@
-"""Triton kernels of vqvae_fast, one file per op; installed as ``vqvae_fast.kernels``.
+"""Triton kernels of vqvae_fast, installed as ``vqvae_fast.kernels``; per op three files:
+``<op>_jit.py`` (the ``@triton.jit`` kernels), ``<op>_table.py`` (every configuration they can be
+launched with) and ``<op>.py`` (launch planning: picks table entries, launches on the input's
+device). ``_table.py`` holds the table format; see docs/architecture.md.
 
-Importing a kernel module imports triton. Nothing outside ``vqvae_fast.ops`` imports these
-modules directly, and ``vqvae_fast.ops`` does so only when the triton backend is chosen.
+Importing a kernel module imports triton. The package imports nothing of vqvae_fast but
+``vqvae_fast._device``; ``vqvae_fast.ops`` imports the kernels only when the triton backend is chosen.
 """

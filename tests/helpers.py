@@ -1,12 +1,15 @@
-"""Comparison helpers (the tolerances of DESIGN.md section 4, in one place) and the device a
-forced backend runs on."""
+"""Comparison helpers (the tolerances of docs/testing.md, in one place), the device a forced
+backend runs on, and what ran: the Triton kernels launched, the ops dispatched."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Sequence
+from unittest import mock
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -25,6 +28,37 @@ def device_for_backend(backend: str) -> str:
     if not torch.cuda.is_available():
         pytest.skip("Triton needs a GPU or its interpreter (TRITON_INTERPRET=1)")
     return "cuda"
+
+
+@contextlib.contextmanager
+def kernel_launches():
+    """The names of the Triton kernels launched inside the block (every launcher runs its table
+    entries through ``vqvae_fast.kernels._table.Launch``)."""
+    from vqvae_fast.kernels import _table
+
+    names = []
+    launch = _table.Launch.__call__
+
+    def record(self):
+        names.append(self.config.kernel)
+        launch(self)
+
+    with mock.patch.object(_table.Launch, "__call__", record):
+        yield names
+
+
+class DispatchedOps(TorchDispatchMode):
+    """Records the name of every op dispatched inside the block (``vqvae_fast.<op>.default`` for
+    the custom ops, ``aten.<op>.<overload>`` for the rest)."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
+
 
 def to_dtype(args: Sequence, dtype: torch.dtype) -> list:
     """Floating tensors among ``args`` cast to ``dtype`` (others unchanged)."""
@@ -45,7 +79,7 @@ def assert_matches_reference(
     atol: float = 1e-5,
     rtol_fp32: float = 1e-4,
 ) -> None:
-    """Check a fast result against the reference run on ``args`` (DESIGN.md section 4).
+    """Check a fast result against the reference run on ``args`` (docs/testing.md).
 
     fp32 / fp64: within ``rtol_fp32`` relative and ``atol`` absolute of the reference in fp64.
     fp16 / bf16: the error against the fp64 reference is at most twice the error of the

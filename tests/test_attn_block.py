@@ -9,7 +9,7 @@ import torch
 import vqvae_fast
 from vqvae_fast.nn import AttnBlock
 from vqvae_fast.reference.blocks import AttnBlock as ReferenceAttnBlock
-from helpers import assert_matches_reference
+from helpers import assert_matches_reference, kernel_launches
 
 ROUNDING = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float32: 1e-5, torch.float64: 1e-12}
 FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
@@ -52,10 +52,12 @@ def test_matches_reference(triton_device, fmt, dtype):
     def reference(x_):
         return run_block(lambda: ReferenceAttnBlock(channels), x_, state, x_.dtype, memory_format)
 
-    y = run_block(lambda: AttnBlock(channels), x, state, dtype, memory_format).detach()
+    with kernel_launches() as launched:
+        y = run_block(lambda: AttnBlock(channels), x, state, dtype, memory_format).detach()
     assert y.dtype == dtype and y.is_contiguous(memory_format=memory_format)
-    with vqvae_fast.use_backend("reference"):
-        assert_matches_reference(y, lambda x_: reference(x_).detach(), (x,), dtype=dtype, atol=ROUNDING[dtype])
+    assert "_gn_fwd_fused_kernel" in launched  # fp32 attention takes cuBLAS, 16-bit the kernels
+    assert ("_forward_kernel" in launched) == (dtype != torch.float32)
+    assert_matches_reference(y, lambda x_: reference(x_).detach(), (x,), dtype=dtype, atol=ROUNDING[dtype])
 
 
 @pytest.mark.parametrize("height,width", [(4, 8), (5, 6)], ids=["N=32", "N=30"])
@@ -64,8 +66,9 @@ def test_nchw_projection_layouts(triton_device, height, width):
     channels = 32
     state = reference_block(channels).state_dict()
     x = torch.randn(2, channels, height, width, dtype=torch.float64).to(triton_device)
-    y = run_block(lambda: AttnBlock(channels), x, state, torch.bfloat16, torch.contiguous_format).detach()
-    assert y.is_contiguous()
+    with kernel_launches() as launched:
+        y = run_block(lambda: AttnBlock(channels), x, state, torch.bfloat16, torch.contiguous_format).detach()
+    assert y.is_contiguous() and "_forward_kernel" in launched
 
     def reference(x_):
         return run_block(lambda: ReferenceAttnBlock(channels), x_, state, x_.dtype, torch.contiguous_format).detach()
@@ -82,9 +85,12 @@ def test_cpu_backend_fp64_exact_and_gradients(fmt):
     x = torch.randn(2, 32, 4, 3, dtype=torch.float64).contiguous(memory_format=FORMATS[fmt])
     x_fast, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
     grad = torch.randn(2, 32, 4, 3, dtype=torch.float64)
-    y_fast = fast(x_fast)
-    with vqvae_fast.use_backend("reference"):
-        y_ref = ref(x_ref)
+    for op in ("group_norm_silu", "spatial_attention"):  # CPU tensors: the cpu backend, no kernel
+        assert vqvae_fast._backend.op_backends(op).select(x.device, x.dtype).name == "cpu"
+    with kernel_launches() as launched:
+        y_fast = fast(x_fast)
+    assert not launched
+    y_ref = ref(x_ref)
     torch.testing.assert_close(y_fast, y_ref, rtol=1e-10, atol=1e-12)
     y_fast.backward(grad)
     y_ref.backward(grad)
@@ -108,12 +114,13 @@ def test_gradients_through_triton(triton_device):
         params = block.state_dict(keep_vars=True)
         return [x_.grad] + [params[key].grad for key in ("q.weight", "k.weight", "v.weight", "proj_out.weight", "norm.weight")]
 
-    actual = grads(AttnBlock, x.half(), grad.half())
-    with vqvae_fast.use_backend("reference"):
-        assert_matches_reference(
-            actual, lambda x_, g_: grads(ReferenceAttnBlock, x_, g_), (x, grad), dtype=torch.float16,
-            atol=ROUNDING[torch.float16],
-        )
+    with kernel_launches() as launched:
+        actual = grads(AttnBlock, x.half(), grad.half())
+    assert {"_forward_kernel", "_dkdv_kernel", "_dq_kernel", "_gn_bwd_fused_kernel"} <= set(launched)
+    assert_matches_reference(
+        actual, lambda x_, g_: grads(ReferenceAttnBlock, x_, g_), (x, grad), dtype=torch.float16,
+        atol=ROUNDING[torch.float16],
+    )
 
 
 def test_from_reference_shares_parameters():

@@ -10,13 +10,13 @@ unscaled, and duplicate codes in the Triton argmin. This file adds the matrix ar
 * attention whose scaled logits reach the fp16 limit (a softmax that is one-hot or an exact tie),
   forward and backward, fp16 / bf16 / fp32;
 * argmin on exact ties (duplicated codes, integer codebooks whose distances are exact, -0.0) on
-  every backend and precision -- lowest index everywhere -- and on near-ties by DESIGN.md
-  section 4's rule; NaN / Inf codes and latents pick what the reference picks;
+  every backend and precision -- lowest index everywhere -- and on near-ties by docs/testing.md's
+  rule; NaN / Inf codes and latents pick what the reference picks;
 * NaN / Inf in attention, padded_conv2d and the group norm's split path and backward land where
   the reference puts them;
 * two runs of every op on every CPU-reachable backend give identical bits, forward and backward.
 
-Accuracy on ill-conditioned inputs is judged as DESIGN.md section 4 does for low precision: the
+Accuracy on ill-conditioned inputs is judged as docs/testing.md does for low precision: the
 error against fp64 at most twice the error of PyTorch's own op in the same dtype, plus a small
 absolute term (PyTorch's fp32 group norm is itself ~1e-4 off at mean/std = 1e4).
 """
@@ -140,7 +140,7 @@ def test_attention_logits_at_the_fp16_limit(fast_backend, dtype):
 
 
 def assert_argmin_rule(z, codebook, indices, distances=None, compute=torch.float32):
-    """DESIGN.md section 4: the chosen code's fp64 distance within the rounding of the distance in
+    """docs/testing.md: the chosen code's fp64 distance within the rounding of the distance in
     the ``compute`` dtype (fp32 for the fast backends) of the best, and the best index wherever the
     best two differ by more than that rounding."""
     if indices.numel() == 0:

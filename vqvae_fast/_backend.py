@@ -46,6 +46,8 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
+from ._device import interpreting
+
 BACKENDS = ("triton", "cuda", "cpu", "reference")
 ENV_VAR = "VQVAE_FAST_BACKEND"
 
@@ -152,9 +154,8 @@ def custom_op_needed(*tensors: torch.Tensor | None) -> bool:
 # What each backend needs
 
 
-def triton_interpreting() -> bool:
-    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0").strip() not in ("", "0")
+# True when Triton runs kernels in its CPU interpreter (one definition, shared with kernels/)
+triton_interpreting = interpreting
 
 
 @functools.lru_cache(maxsize=None)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from .. import _backend
 from .. import _validation as V
 from .._backend import custom_op_needed, op_backends
+from .._device import output_memory_format
 from ..reference import ops as reference
 
 BACKENDS = op_backends("group_norm_silu")
@@ -101,17 +102,6 @@ def group_norm_silu(
     """
     check_args(x, num_groups, weight, bias, eps, activation)
     return BACKENDS.select(x.device, x.dtype).fn(x, num_groups, weight, bias, eps, activation)
-
-
-_FORMATS_BY_RANK = {4: torch.channels_last, 5: torch.channels_last_3d}
-
-
-def output_memory_format(x: torch.Tensor) -> torch.memory_format:
-    """The memory format of the result for input ``x`` (every backend and the fake kernel agree)."""
-    fmt = _FORMATS_BY_RANK.get(x.dim())
-    if fmt is not None and not x.is_contiguous() and x.is_contiguous(memory_format=fmt):
-        return fmt
-    return torch.contiguous_format
 
 
 def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
