@@ -161,14 +161,13 @@ def check_image_offsets(head: int, **tensors: torch.Tensor) -> None:
 @functools.lru_cache(maxsize=1024)
 def forward_plan(batch, n, head, dtype, layout, arch, tile, processors, splits=None):
     """``(forward entry, grid, splits, keys_per_split, combine entry or None)``."""
-    co_chunks = head // (tile.block_co or head)
     m_blocks = triton.cdiv(n, tile.block_m)
     if splits is None:
-        splits = choose_splits(m_blocks * batch * co_chunks, triton.cdiv(n, tile.block_n), processors)
+        splits = choose_splits(m_blocks * batch, triton.cdiv(n, tile.block_n), processors)
     splits, keys_per_split = key_ranges(n, tile.block_n, splits)
     entry = T.TABLE.find(arch, T.forward_entry(arch, head, tile, dtype, layout, splits > 1))
     combine = T.TABLE.find(arch, T.combine_entry(arch, dtype, layout)) if splits > 1 else None
-    return entry, (m_blocks, batch * co_chunks, splits), splits, keys_per_split, combine
+    return entry, (m_blocks, batch, splits), splits, keys_per_split, combine
 
 
 def forward(

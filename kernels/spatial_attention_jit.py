@@ -7,16 +7,21 @@ launcher hands the kernels ``HEAD`` channels (a power of two; smaller heads arri
 
 One program owns ``BLOCK_M`` queries of one image and streams the keys in blocks of ``BLOCK_N``
 with the online softmax: running row maximum ``m`` and sum ``l`` in fp32, the output
-accumulator ``(BLOCK_M, BLOCK_CO)`` in fp32, rescaled by ``exp2(m_old - m_new)`` when the
+accumulator ``(BLOCK_M, HEAD)`` in fp32, rescaled by ``exp2(m_old - m_new)`` when the
 maximum grows. The logits ``q . k`` accumulate in fp32 (``tl.dot``), so they cannot overflow
 even for fp16 inputs; the scale (times ``log2 e``, for ``exp2``) is applied to those fp32
 logits inside the exponent's multiply-add, without rounding ``s q`` to the input dtype first.
 
-Head 512 splits the output channels over programs (``BLOCK_CO = 256``): a ``(BLOCK_M, 512)``
-fp32 accumulator does not fit in registers at a useful ``BLOCK_M``, so each program computes the
-full logits and accumulates ``P V`` for half of the channels. With ``SPLIT`` the keys are split
-across programs too; each writes a partial result normalised by its own sum with its
-log-sum-exp, and :func:`_combine_kernel` merges them.
+Head 512 (``DEFER_PV``): a program owns 64 queries and all 512 output channels (a
+``(64, 512)`` fp32 accumulator is 128 registers per thread over 8 warps, each warpgroup holding
+256 channels), and computes ``P V`` one key block behind ``Q K``: step ``j`` forms the logits
+of block ``j`` and accumulates ``P_{j-1} V_{j-1}``, with ``P_{j-1}`` (16-bit) and its rescale
+factor carried over from step ``j - 1``. The logits then feed no product in the step that forms
+them, so Triton splits the ``(64, BLOCK_N)`` logits tile over the two warpgroups by key columns
+(each computes half of ``Q K``, once), and ``P`` reaches both halves of ``P V`` through shared
+memory; computed in step, every warpgroup would form the same 64 rows of logits (1.5x the
+products). With ``SPLIT`` the keys are split across programs too; each writes a partial result
+normalised by its own sum with its log-sum-exp, and :func:`_combine_kernel` merges them.
 
 Saved for the backward pass: the natural-log log-sum-exp of every row, ``lse = log sum_j
 exp(s q_i . k_j)`` (fp32, ``(B, N)``).
@@ -45,12 +50,13 @@ def _mm(a, b, acc):
 
 
 @triton.jit
-def _attend_block(
-    acc, m_i, l_i, q, k_base, v_base, k_offs, v_offs, offs_n, key0, N, qk_scale, stride_kn, stride_vn,
-    MASK_KEYS: tl.constexpr,
+def _scores(
+    m_i, l_i, q, k_base, k_offs, offs_n, key0, N, qk_scale, stride_kn,
+    P_TYPE: tl.constexpr, MASK_KEYS: tl.constexpr,
 ):
-    """One step of the online softmax (log2 units): keys ``key0 + offs_n`` into ``m``, ``l`` and
-    the accumulator."""
+    """The online softmax over keys ``key0 + offs_n`` (log2 units): ``(p, alpha, m, l)`` with
+    ``p = 2^(s - m)`` in ``P_TYPE``, ``alpha = 2^(m_old - m)`` the factor that rescales what was
+    accumulated before, and the updated row maximum and sum."""
     keys = key0 + offs_n
     if MASK_KEYS:
         k = tl.load(k_base + (k_offs + key0 * stride_kn), mask=keys[None, :] < N, other=0.0)
@@ -62,14 +68,17 @@ def _attend_block(
     m_new = tl.maximum(m_i, tl.max(s, 1))
     p = tl.math.exp2(s - m_new[:, None])
     alpha = tl.math.exp2(m_i - m_new)
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None]
+    return p.to(P_TYPE), alpha, m_new, l_i * alpha + tl.sum(p, 1)
+
+
+@triton.jit
+def _accumulate(acc, alpha, p, v_base, v_offs, key0, offs_n, N, stride_vn, MASK_KEYS: tl.constexpr):
+    """``acc alpha + p V`` for the values of keys ``key0 + offs_n``."""
     if MASK_KEYS:
-        v = tl.load(v_base + (v_offs + key0 * stride_vn), mask=keys[:, None] < N, other=0.0)
+        v = tl.load(v_base + (v_offs + key0 * stride_vn), mask=(key0 + offs_n)[:, None] < N, other=0.0)
     else:
         v = tl.load(v_base + (v_offs + key0 * stride_vn))
-    acc = _mm(p.to(v.dtype), v, acc)
-    return acc, m_new, l_i
+    return _mm(p, v, acc * alpha[:, None])
 
 
 @triton.jit
@@ -81,24 +90,20 @@ def _forward_kernel(
     stride_ob, stride_oc, stride_on,  # Out: (B, HEAD, N), or the fp32 partials (SPLITS, B, HEAD, N)
     stride_os,
     N, keys_per_split, qk_scale,
-    HEAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_CO: tl.constexpr,
+    HEAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DEFER_PV: tl.constexpr,
     SPLIT: tl.constexpr,
 ):
-    """Grid ``(cdiv(N, BLOCK_M), B * HEAD // BLOCK_CO, SPLITS)``: queries ``pid_m``, image ``b``,
-    output channels ``[co * BLOCK_CO, (co + 1) * BLOCK_CO)`` (the logits always use all
-    channels), key range ``pid_s``. Without ``SPLIT``: ``Out`` gets the attention output and
+    """Grid ``(cdiv(N, BLOCK_M), B, SPLITS)``: queries ``pid_m`` of image ``b``, key range ``pid_s``. Without ``SPLIT``: ``Out`` gets the attention output and
     ``Lse`` (``(B, N)``) the natural log-sum-exp. With ``SPLIT``: ``Out`` is the fp32 partial
     output of key range ``pid_s`` (normalised by its own sum) and ``Lse`` (``(SPLITS, B, N)``)
     its log2-sum-exp, for :func:`_combine_kernel`."""
     pid_m = tl.program_id(0)
-    pid_b = (tl.program_id(1) // (HEAD // BLOCK_CO)).to(tl.int64)
-    pid_co = tl.program_id(1) % (HEAD // BLOCK_CO)
+    pid_b = tl.program_id(1).to(tl.int64)
     pid_s = tl.program_id(2)
-    batch = tl.num_programs(1) // (HEAD // BLOCK_CO)
+    batch = tl.num_programs(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_c = tl.arange(0, HEAD)
-    offs_co = pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)
     rows_ok = offs_m < N
 
     q_ptrs = Q + pid_b * stride_qb + offs_m[:, None] * stride_qn + offs_c[None, :] * stride_qc
@@ -107,33 +112,48 @@ def _forward_kernel(
     k_base = K + pid_b * stride_kb
     v_base = V + pid_b * stride_vb
     k_offs = offs_c[:, None] * stride_kc + offs_n[None, :] * stride_kn  # (HEAD, BLOCK_N)
-    v_offs = offs_n[:, None] * stride_vn + offs_co[None, :] * stride_vc  # (BLOCK_N, BLOCK_CO)
+    v_offs = offs_n[:, None] * stride_vn + offs_c[None, :] * stride_vc  # (BLOCK_N, HEAD)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_CO], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD], dtype=tl.float32)
+    p_type = V.dtype.element_ty
 
     start = pid_s * keys_per_split
     stop = tl.minimum(start + keys_per_split, N)
     full_stop = start + ((stop - start) // BLOCK_N) * BLOCK_N  # keys_per_split is a BLOCK_N multiple
-    for key0 in range(start, full_stop, BLOCK_N):
-        acc, m_i, l_i = _attend_block(acc, m_i, l_i, q, k_base, v_base, k_offs, v_offs, offs_n, key0, N,
-                                      qk_scale, stride_kn, stride_vn, False)
-    if full_stop < stop:  # the ragged last block of keys
-        acc, m_i, l_i = _attend_block(acc, m_i, l_i, q, k_base, v_base, k_offs, v_offs, offs_n, full_stop, N,
-                                      qk_scale, stride_kn, stride_vn, True)
+    if DEFER_PV:
+        # P V one block behind Q K: p, alpha belong to block `last`. The first block, which may be
+        # the ragged one, is masked.
+        p, alpha, m_i, l_i = _scores(m_i, l_i, q, k_base, k_offs, offs_n, start, N, qk_scale, stride_kn,
+                                     p_type, True)
+        for key0 in range(start + BLOCK_N, stop, BLOCK_N):
+            p_next, alpha_next, m_i, l_i = _scores(m_i, l_i, q, k_base, k_offs, offs_n, key0, N, qk_scale,
+                                                   stride_kn, p_type, True)
+            acc = _accumulate(acc, alpha, p, v_base, v_offs, key0 - BLOCK_N, offs_n, N, stride_vn, False)
+            p, alpha = p_next, alpha_next
+        last = start + ((stop - start - 1) // BLOCK_N) * BLOCK_N
+        acc = _accumulate(acc, alpha, p, v_base, v_offs, last, offs_n, N, stride_vn, True)
+    else:
+        for key0 in range(start, full_stop, BLOCK_N):
+            p, alpha, m_i, l_i = _scores(m_i, l_i, q, k_base, k_offs, offs_n, key0, N, qk_scale, stride_kn,
+                                         p_type, False)
+            acc = _accumulate(acc, alpha, p, v_base, v_offs, key0, offs_n, N, stride_vn, False)
+        if full_stop < stop:  # the ragged last block of keys
+            p, alpha, m_i, l_i = _scores(m_i, l_i, q, k_base, k_offs, offs_n, full_stop, N, qk_scale, stride_kn,
+                                         p_type, True)
+            acc = _accumulate(acc, alpha, p, v_base, v_offs, full_stop, offs_n, N, stride_vn, True)
 
     out = acc / l_i[:, None]
     lse2 = m_i + tl.math.log2(l_i)
-    lse_mask = rows_ok & (pid_co == 0)  # every channel chunk has the same statistics
-    o_ptrs = Out + pid_b * stride_ob + offs_m[:, None] * stride_on + offs_co[None, :] * stride_oc
+    o_ptrs = Out + pid_b * stride_ob + offs_m[:, None] * stride_on + offs_c[None, :] * stride_oc
     if SPLIT:
         o_ptrs += pid_s.to(tl.int64) * stride_os
         tl.store(o_ptrs, out, mask=rows_ok[:, None])
-        tl.store(Lse + (pid_s * batch + pid_b) * N + offs_m, lse2, mask=lse_mask)
+        tl.store(Lse + (pid_s * batch + pid_b) * N + offs_m, lse2, mask=rows_ok)
     else:
         tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=rows_ok[:, None])
-        tl.store(Lse + pid_b * N + offs_m, lse2 * LN2, mask=lse_mask)
+        tl.store(Lse + pid_b * N + offs_m, lse2 * LN2, mask=rows_ok)
 
 
 @triton.jit
@@ -145,30 +165,26 @@ def _combine_kernel(
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Merge ``SPLITS`` partial results: ``out = sum_s w_s o_s`` with ``w_s = 2^(lse_s - lse)``,
-    ``lse = log2 sum_s 2^lse_s``. Grid ``(cdiv(N, BLOCK_P), B)``; partial lse ``(SPLITS, B, N)``."""
+    ``lse = log2 sum_s 2^lse_s``. Grid ``(cdiv(N, BLOCK_P), B)``; partial lse ``(SPLITS, B, N)``;
+    ``BLOCK_C >= C``: every channel of ``BLOCK_P`` positions per program."""
     pid_p = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     batch = tl.num_programs(1)
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_c = tl.arange(0, BLOCK_C)
     p_ok = offs_p < N
+    mask = (offs_c[:, None] < C) & p_ok[None, :]
     m = tl.full([BLOCK_P], float("-inf"), dtype=tl.float32)
     for s in range(0, SPLITS):
         m = tl.maximum(m, tl.load(PartLse + (s * batch + pid_b) * N + offs_p, mask=p_ok, other=0.0))
     total = tl.zeros([BLOCK_P], dtype=tl.float32)
-    for s in range(0, SPLITS):
-        total += tl.math.exp2(tl.load(PartLse + (s * batch + pid_b) * N + offs_p, mask=p_ok, other=0.0) - m)
-    lse2 = m + tl.math.log2(total)
-    tl.store(Lse + pid_b * N + offs_p, lse2 * LN2, mask=p_ok)
-    for c0 in range(0, C, BLOCK_C):
-        offs_c = c0 + tl.arange(0, BLOCK_C)
-        mask = (offs_c[:, None] < C) & p_ok[None, :]
-        acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
-        for s in range(0, SPLITS):  # s * stride_ps < 2^31: splitting needs B * N < 132 * BLOCK_M
-            w = tl.math.exp2(tl.load(PartLse + (s * batch + pid_b) * N + offs_p, mask=p_ok, other=0.0) - lse2)
-            part = tl.load(
-                Part + s * stride_ps + pid_b * stride_pb + offs_c[:, None] * stride_pc + offs_p[None, :] * stride_pn,
-                mask=mask, other=0.0,
-            )
-            acc += part * w[None, :]
-        o_ptrs = Out + pid_b * stride_ob + offs_c[:, None] * stride_oc + offs_p[None, :] * stride_on
-        tl.store(o_ptrs, acc.to(Out.dtype.element_ty), mask=mask)
+    acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
+    for s in range(0, SPLITS):  # s * stride_ps < 2^31: splitting needs B * N < 132 * BLOCK_M
+        w = tl.math.exp2(tl.load(PartLse + (s * batch + pid_b) * N + offs_p, mask=p_ok, other=0.0) - m)
+        part = tl.load(Part + s * stride_ps + pid_b * stride_pb + offs_c[:, None] * stride_pc
+                       + offs_p[None, :] * stride_pn, mask=mask, other=0.0)
+        total += w
+        acc += part * w[None, :]
+    tl.store(Lse + pid_b * N + offs_p, (m + tl.math.log2(total)) * LN2, mask=p_ok)
+    o_ptrs = Out + pid_b * stride_ob + offs_c[:, None] * stride_oc + offs_p[None, :] * stride_on
+    tl.store(o_ptrs, (acc / total[None, :]).to(Out.dtype.element_ty), mask=mask)

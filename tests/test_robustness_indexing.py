@@ -162,7 +162,7 @@ PROBLEMS = {
         (_codebook_argmin((2, 4, 2**15, 2**15 + 3), (512, 4), "fast"), ARGMIN),
     "codebook_argmin bf16 rows 2^24x256": (_codebook_argmin((2**24, 256), (4096, 256), "ieee", torch.bfloat16), ARGMIN),
     "spatial_attention 32x512x2^18 (head 512)":
-        (_attention(_qkv(lambda: _meta((32, 512, 2**18)))), {"_forward_kernel"}),
+        (_attention(_qkv(lambda: _meta((32, 512, 2**18)))), ATTENTION),
     "spatial_attention bf16 64x256x2^18":
         (_attention(_qkv(lambda: _meta((64, 256, 2**18), torch.bfloat16))), ATTENTION),
     "spatial_attention sm_80 64x128x2^18": (_attention(_qkv(lambda: _meta((64, 128, 2**18))), 80), ATTENTION),

@@ -52,8 +52,9 @@ def check_against_reference(q, k, v, dtype):
 
 # A covering subset of N in {1, 7, 64, 256, 1000}, C in {32, 64, 128, 256, 512}, batch 1-3 and
 # the three dtypes (the interpreter is slow at large C, so N is small there). C = 48 and 300 pad
-# the head (300: the second half of the 512 output channels is partly masked); fp32 on the
-# triton backend takes the chunked path.
+# the head; fp32 on the triton backend takes the chunked path. Head 512 computes P V one key block
+# behind Q K (blocks of 32 keys): N = 40 forms a full block then a ragged one, N = 20 only a
+# ragged one, N = 64 two full ones, N = 33 a ragged block of one key.
 KERNEL_CASES = [
     (1, 32, 1, torch.float16),
     (3, 32, 7, torch.bfloat16),
@@ -63,9 +64,15 @@ KERNEL_CASES = [
     (1, 32, 1000, torch.float16),
     (2, 256, 64, torch.float16),
     (2, 512, 40, torch.bfloat16),
+    (1, 512, 20, torch.float16),
+    (1, 512, 64, torch.bfloat16),
     (1, 300, 33, torch.float16),
     (2, 64, 70, torch.float32),
 ]
+
+
+FLASH_KERNELS = {"_dkdv_kernel", "_dq_kernel"}
+ROWS_KERNELS = {"_score_grads_kernel", "_bmm_kernel"}  # the backward by blocks of query rows
 
 
 @pytest.mark.parametrize("batch,channels,n,dtype", KERNEL_CASES)
@@ -76,7 +83,8 @@ def test_triton_matches_reference(triton_device, batch, channels, n, dtype):
     if dtype == torch.float32:  # fp32 takes the chunked PyTorch path on the triton backend
         assert not launched
     else:
-        assert "_forward_kernel" in launched and ("_dkdv_kernel" in launched) == (channels <= 256)
+        backward = ROWS_KERNELS if channels > 128 else FLASH_KERNELS
+        assert {"_forward_kernel", "_delta_kernel"} | backward == set(launched) - {"_combine_kernel"}
 
 
 def sdpa(q, k, v, scale=None):
@@ -195,7 +203,8 @@ def test_channels_last_in_channels_last_out(triton_device):
 @pytest.mark.parametrize("channels,splits", [(64, 2), (64, 3), (300, 2)])
 def test_split_keys_combine(triton_device, channels, splits):
     """Key ranges split across programs and merged by the combine kernel (the launcher does this
-    by itself when the queries alone cannot fill the GPU); C = 300 also splits the channels."""
+    by itself when the queries alone cannot fill the GPU); C = 300 runs the head-512 kernel, whose
+    first range of 96 keys has three full blocks and whose second ends in a ragged one."""
     kernels = importlib.import_module("vqvae_fast.kernels.spatial_attention")
     n = 150
     q, k, v = random_qkv((2, channels, n), torch.float16, triton_device)
@@ -244,14 +253,40 @@ def test_split_choice_fills_the_gpu():
     assert kernels.choose_splits(programs=32, key_blocks=7, processors=132) == 1
 
 
-def test_sm80_configuration(triton_device, monkeypatch):
-    """The sm_80 tile table (other block sizes) through the interpreter."""
+@pytest.mark.parametrize("channels,n", [(128, 90), (256, 40)])
+def test_sm80_configuration(triton_device, monkeypatch, channels, n):
+    """The sm_80 tile table (other block sizes) through the interpreter. Head 256 has no sm_80
+    forward tile (the chunked forward runs) but has its Triton backward."""
     if triton_device != "cpu":
         pytest.skip("the device's own capability decides on a GPU")
-    kernels = importlib.import_module("vqvae_fast.kernels.spatial_attention")
-    monkeypatch.setattr(kernels, "device_facts", lambda device: (80, 108))
-    q, k, v = random_qkv((1, 128, 90), torch.bfloat16, triton_device)
-    check_against_reference(q, k, v, torch.bfloat16)
+    for name in ("spatial_attention", "spatial_attention_backward"):
+        monkeypatch.setattr(importlib.import_module(f"vqvae_fast.kernels.{name}"), "device_facts",
+                            lambda device: (80, 108))
+    q, k, v = random_qkv((1, channels, n), torch.bfloat16, triton_device)
+    with kernel_launches() as launched:
+        check_against_reference(q, k, v, torch.bfloat16)
+    assert ("_forward_kernel" in launched) == (channels <= 128)
+    assert {"_delta_kernel"} | (FLASH_KERNELS if channels <= 128 else ROWS_KERNELS) <= set(launched)
+
+
+@pytest.mark.parametrize("tokens", [False, True], ids=["positions-innermost", "channels-innermost"])
+def test_backward_by_rows_in_blocks(triton_device, tokens, monkeypatch):
+    """The head-512 backward with a scratch buffer of one 128-row block (three blocks at N = 300:
+    an fp32 partial sum started, added to, and rounded into the result with the ragged last
+    block) against the reference, in both layouts, batch 2."""
+    if triton_device != "cpu":
+        pytest.skip("the block size follows the device's memory on a GPU")
+    rows = importlib.import_module("vqvae_fast.kernels.spatial_attention_rows")
+    n = 300 if tokens else 288  # positions innermost: N % 16 == 0
+    monkeypatch.setattr(rows, "SCRATCH_BYTES", 2 * 4 * 128 * 384)  # batch 2, keys padded to 384
+    rows.rows_plan.cache_clear()
+    q, k, v = random_qkv((2, n, 512) if tokens else (2, 512, n), torch.float16, triton_device)
+    if tokens:
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    with kernel_launches() as launched:
+        check_against_reference(q, k, v, torch.float16)
+    rows.rows_plan.cache_clear()
+    assert launched.count("_score_grads_kernel") == 3
 
 
 @pytest.mark.parametrize("backend", ["cpu", "triton"])

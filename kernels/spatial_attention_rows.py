@@ -1,0 +1,108 @@
+"""Launch planning for the ``spatial_attention`` backward by blocks of query rows (kernels and math
+in ``spatial_attention_rows_jit.py``), the backward of the large heads
+(``spatial_attention_table.RowsBackward``).
+
+For each block of ``R`` query rows: the score gradients ``P_r``, ``dS_r`` into a 16-bit scratch
+buffer, then ``dV += dO_r P_r``, ``dK += s Q_r dS_r`` and ``dQ_r = s K dS_rᵀ``. ``R`` is as large as
+:data:`SCRATCH_BYTES` allows (every row at once up to ``B N^2 = 2^24``, e.g. one image of
+4096 positions); with more than one block, ``dV`` and ``dK`` add up in fp32 buffers and the last
+block's products round into the results. The plan depends only on sizes, dtype, layout and the
+device, and is cached (:func:`rows_plan`).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+import triton
+
+from . import spatial_attention_rows_jit as jit
+from . import spatial_attention_table as T
+from ._table import Config, Launch
+from .spatial_attention import _strides
+
+#: bytes of the scratch buffer: ``P`` and ``dS`` of one block of rows, 16-bit, keys padded to tiles
+SCRATCH_BYTES = 64 * 2**20
+
+
+def block_rows(batch: int, n: int, tiles: T.RowsBackward) -> int:
+    """Query rows per block: ``P`` and ``dS`` of ``batch`` images within :data:`SCRATCH_BYTES`,
+    a multiple of the score tile's rows, at least one tile, at most all of ``n``."""
+    tile_m, tile_n = tiles.scores.block_m, tiles.scores.block_n
+    keys = triton.cdiv(n, tile_n) * tile_n
+    rows = SCRATCH_BYTES // (4 * batch * keys) // tile_m * tile_m
+    return min(max(rows, tile_m), triton.cdiv(n, tile_m) * tile_m)
+
+
+@dataclass(frozen=True)
+class RowsPlan:
+    rows: int  # query rows per block
+    blocks: int
+    scores: Config
+    to_partial: Config  # dV / dK of the first block into an fp32 partial sum (several blocks)
+    add_partial: Config  # of a middle block, added to it
+    to_result: Config  # of the only block
+    add_to_result: Config  # of the last block: the partial sum plus this block, rounded
+    dq: Config
+
+
+@functools.lru_cache(maxsize=1024)
+def rows_plan(batch, n, head, dtype, layout, arch) -> RowsPlan:
+    tiles = T.BACKWARD_TILES[arch][head]
+    # the products read the scratch in whole tiles of the score kernel, unmasked
+    assert tiles.scores.block_m % tiles.products.block_n == 0 and tiles.scores.block_m % tiles.products.block_k == 0
+    assert tiles.scores.block_n % tiles.products.block_k == 0 and head % tiles.products.block_m == 0
+    rows = block_rows(batch, n, tiles)
+    entries = [T.TABLE.find(arch, e) for e in T.rows_entries(arch, tiles, dtype, layout)]
+    scores, to_partial, add_partial, to_result, add_to_result, dq = entries
+    return RowsPlan(rows, triton.cdiv(n, rows), scores, to_partial, add_partial, to_result, add_to_result, dq)
+
+
+def _bmm(entry, out, acc, a, a_strides, b, b_strides, m, n, k, alpha) -> Launch:
+    """``out = alpha a b (+ acc)`` batched over the first dimension, with the strides ``(batch,
+    rows, columns)`` of ``a`` and ``b`` (the score scratch is also read through a transposed
+    view). Without ``ADD``, ``acc`` is any fp32 tensor (never read)."""
+    tile = dict(entry.constexprs)
+    grid = (triton.cdiv(m, tile["BLOCK_M"]), triton.cdiv(n, tile["BLOCK_N"]), out.shape[0])
+    acc_strides = _strides(acc) if tile["ADD"] else (0, 0, 1)
+    return Launch(entry, jit._bmm_kernel, grid, (a, b, acc, out, *a_strides, *b_strides, *acc_strides,
+                                                   *_strides(out), m, n, k, alpha))
+
+
+def launches(plan: RowsPlan, q, k, v, grad_out, lse, delta, dq, dk, dv, scale, qk_scale) -> list[Launch]:
+    """The launches of the backward by rows for ``(B, HEAD, N)`` operands in a table layout, after
+    the one that computes ``delta``: ``dq``, ``dk``, ``dv`` are the results (16-bit, a table
+    layout). Allocates the scratch and, for several blocks, the fp32 partial sums."""
+    batch, head, n = q.shape
+    tile = dict(plan.scores.constexprs)
+    keys = triton.cdiv(n, tile["BLOCK_N"]) * tile["BLOCK_N"]
+    p = q.new_empty((batch, plan.rows, keys))
+    ds = q.new_empty((batch, plan.rows, keys))
+    several = plan.blocks > 1
+    partial_dv = q.new_empty((batch, head, n), dtype=torch.float32) if several else None
+    partial_dk = q.new_empty((batch, head, n), dtype=torch.float32) if several else None
+    scratch = _strides(p)
+    transposed = (scratch[0], scratch[2], scratch[1])  # dS_rᵀ: (keys, rows)
+    out = []
+    for index, r0 in enumerate(range(0, n, plan.rows)):
+        rows = min(plan.rows, n - r0)
+        grid = (triton.cdiv(rows, tile["BLOCK_M"]), triton.cdiv(n, tile["BLOCK_N"]), batch)
+        out.append(Launch(plan.scores, jit._score_grads_kernel, grid, (
+            q, k, v, grad_out, lse, delta, p, ds, *_strides(q), *_strides(k), *_strides(v), *_strides(grad_out),
+            *scratch, n, head, r0, rows, qk_scale)))
+        if not several:
+            entry = plan.to_result
+        elif index == 0:
+            entry = plan.to_partial
+        else:
+            entry = plan.add_to_result if index == plan.blocks - 1 else plan.add_partial
+        last = index == plan.blocks - 1
+        for a, b, alpha, partial, result in ((grad_out, p, 1.0, partial_dv, dv), (q, ds, scale, partial_dk, dk)):
+            a_rows = a[:, :, r0:r0 + rows]  # dV += dO_r P_r, dK += s Q_r dS_r
+            out.append(_bmm(entry, result if last else partial, lse if partial is None else partial,
+                            a_rows, _strides(a_rows), b, scratch, head, n, rows, alpha))
+        # dQ_r = s K dS_rᵀ
+        out.append(_bmm(plan.dq, dq[:, :, r0:r0 + rows], lse, k, _strides(k), ds, transposed, head, rows, n, scale))
+    return out

@@ -1,0 +1,116 @@
+"""The ``@triton.jit`` kernels of the ``spatial_attention`` backward by blocks of query rows (the
+large heads, ``spatial_attention_rows.py``).
+
+With ``P = exp(s Qᵀ K - lse)`` and ``dS = P (dP - Delta)``, ``dP = dOᵀ V``, for a block of ``R``
+query rows ``r`` at a time (``Q``, ``dO`` ``(B, HEAD, N)``, everything read through its strides):
+
+.. math::
+    dV \\mathrel{+}= dO_r\\,P_r, \\qquad dK \\mathrel{+}= s\\,Q_r\\,dS_r, \\qquad
+    dQ_r = s\\,K\\,dS_r^\\top
+
+:func:`_score_grads_kernel` writes ``P_r`` and ``dS_r`` (``(B, R, N)``, 16-bit, keys innermost)
+into a scratch buffer of bounded size: tiles of 128 x 128 (query, key) pairs whose two fp32
+accumulators, ``S`` and ``dP``, take their ``HEAD``-long contractions in steps of ``BLOCK_K``
+channels. :func:`_bmm_kernel` then runs the three products as batched matrix products with
+fp32 accumulation, long contractions (``R`` or ``N``) and an epilogue that scales, adds an fp32
+partial result and rounds.
+
+Why not flash-style kernels at these heads: a flash program keeps its output block's fp32
+accumulator in registers (at most about 64 positions x 512 channels), so every program streams
+all of the other side's 2 KB positions from L2 for 64 of its own; the products here read their
+operands in 128 x 128 tiles. ``P`` and ``dS`` round to 16 bits before their products, as in the
+flash kernels.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .spatial_attention_jit import _mm
+
+LOG2E = tl.constexpr(1.4426950408889634)  # log2 e: natural log-sum-exp to log2
+
+
+@triton.jit
+def _score_grads_kernel(
+    Q, K, V, dOut, Lse, Delta, P, dS,
+    stride_qb, stride_qc, stride_qn,
+    stride_kb, stride_kc, stride_kn,
+    stride_vb, stride_vc, stride_vn,
+    stride_db, stride_dc, stride_dn,
+    stride_pb, stride_pm, stride_pn,  # P and dS: (B, cdiv(rows, BLOCK_M) BLOCK_M, cdiv(N, BLOCK_N) BLOCK_N)
+    N, C, row0, rows, qk_scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """Grid ``(cdiv(rows, BLOCK_M), cdiv(N, BLOCK_N), B)``: ``P`` and ``dS`` of queries
+    ``row0 + [pid_m BLOCK_M, (pid_m + 1) BLOCK_M)`` and keys ``[pid_n BLOCK_N, ...)`` of image
+    ``b``, stored at row ``query - row0``: whole tiles, zero past ``rows`` and ``N`` (the
+    products then read them unmasked). ``C`` is a multiple of ``BLOCK_K`` (padded heads)."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    local = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # rows of the block
+    offs_m = row0 + local  # query positions
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    rows_ok = local < rows
+    keys_ok = offs_n < N
+    q_ptrs = Q + pid_b * stride_qb + offs_k[:, None] * stride_qc + offs_m[None, :] * stride_qn  # (BLOCK_K, BLOCK_M)
+    do_ptrs = dOut + pid_b * stride_db + offs_k[:, None] * stride_dc + offs_m[None, :] * stride_dn
+    k_ptrs = K + pid_b * stride_kb + offs_k[:, None] * stride_kc + offs_n[None, :] * stride_kn  # (BLOCK_K, BLOCK_N)
+    v_ptrs = V + pid_b * stride_vb + offs_k[:, None] * stride_vc + offs_n[None, :] * stride_vn
+
+    s = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    dp = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_K):
+        qt = tl.load(q_ptrs + c0 * stride_qc, mask=rows_ok[None, :], other=0.0)
+        k = tl.load(k_ptrs + c0 * stride_kc, mask=keys_ok[None, :], other=0.0)
+        s = _mm(tl.trans(qt), k, s)
+        dot = tl.load(do_ptrs + c0 * stride_dc, mask=rows_ok[None, :], other=0.0)
+        v = tl.load(v_ptrs + c0 * stride_vc, mask=keys_ok[None, :], other=0.0)
+        dp = _mm(tl.trans(dot), v, dp)
+
+    lse2 = tl.load(Lse + pid_b * N + offs_m, mask=rows_ok, other=float("inf")) * LOG2E
+    delta = tl.load(Delta + pid_b * N + offs_m, mask=rows_ok, other=0.0)
+    p = tl.where(keys_ok[None, :], tl.math.exp2(s * qk_scale - lse2[:, None]), 0.0)  # rows past: lse2 = inf
+    ds = p * (dp - delta[:, None])
+    where = pid_b * stride_pb + local[:, None] * stride_pm + offs_n[None, :] * stride_pn
+    tl.store(P + where, p.to(P.dtype.element_ty))
+    tl.store(dS + where, ds.to(dS.dtype.element_ty))
+
+
+@triton.jit
+def _bmm_kernel(
+    A, B, Acc, Out,
+    stride_ab, stride_am, stride_ak,
+    stride_bb, stride_bk, stride_bn,
+    stride_cb, stride_cm, stride_cn,  # Acc: an fp32 partial result added when ADD
+    stride_ob, stride_om, stride_on,
+    M, N, K, alpha,
+    ADD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """Grid ``(cdiv(M, BLOCK_M), cdiv(N, BLOCK_N), batch)``: ``Out = alpha A B (+ Acc)`` for
+    ``A`` ``(batch, M, K)`` and ``B`` ``(batch, K, N)`` 16-bit, the product in fp32. ``M`` is a
+    multiple of ``BLOCK_M``; ``B`` is readable, and zero past ``K``, up to whole tiles (the score
+    gradients' scratch). ``Out`` may be ``Acc`` itself (each program reads its tile first)."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    a_ptrs = A + pid_b * stride_ab + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak
+    b_ptrs = B + pid_b * stride_bb + offs_k[:, None] * stride_bk + offs_n[None, :] * stride_bn
+
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        a = tl.load(a_ptrs + k0 * stride_ak, mask=(k0 + offs_k)[None, :] < K, other=0.0)
+        acc = _mm(a, tl.load(b_ptrs + k0 * stride_bk), acc)
+    acc = acc * alpha
+    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+    if ADD:
+        acc += tl.load(Acc + pid_b * stride_cb + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn, mask=mask,
+                       other=0.0)
+    tl.store(Out + pid_b * stride_ob + offs_m[:, None] * stride_om + offs_n[None, :] * stride_on,
+             acc.to(Out.dtype.element_ty), mask=mask)
