@@ -1,5 +1,5 @@
 """The ``@triton.jit`` kernels of the ``spatial_attention`` forward pass (flash attention over
-spatial positions, head size up to 512).
+spatial positions; the flash kernels of heads 64 and 128).
 
 ``out[b, :, i] = sum_j softmax_j(s q[b, :, i] . k[b, :, j]) v[b, :, j]`` for ``q, k, v`` of shape
 ``(B, HEAD, N)`` read through their strides, never materialising the ``N x N`` logits. The
@@ -12,16 +12,9 @@ maximum grows. The logits ``q . k`` accumulate in fp32 (``tl.dot``), so they can
 even for fp16 inputs; the scale (times ``log2 e``, for ``exp2``) is applied to those fp32
 logits inside the exponent's multiply-add, without rounding ``s q`` to the input dtype first.
 
-Head 512 (``DEFER_PV``): a program owns 64 queries and all 512 output channels (a
-``(64, 512)`` fp32 accumulator is 128 registers per thread over 8 warps, each warpgroup holding
-256 channels), and computes ``P V`` one key block behind ``Q K``: step ``j`` forms the logits
-of block ``j`` and accumulates ``P_{j-1} V_{j-1}``, with ``P_{j-1}`` (16-bit) and its rescale
-factor carried over from step ``j - 1``. The logits then feed no product in the step that forms
-them, so Triton splits the ``(64, BLOCK_N)`` logits tile over the two warpgroups by key columns
-(each computes half of ``Q K``, once), and ``P`` reaches both halves of ``P V`` through shared
-memory; computed in step, every warpgroup would form the same 64 rows of logits (1.5x the
-products). With ``SPLIT`` the keys are split across programs too; each writes a partial result
-normalised by its own sum with its log-sum-exp, and :func:`_combine_kernel` merges them.
+With ``SPLIT`` the keys are split across programs too; each writes a partial result normalised by
+its own sum with its log-sum-exp, and :func:`_combine_kernel` merges them. Heads 256 and 512 run
+by blocks of query rows instead (``spatial_attention_rows_jit.py``).
 
 Saved for the backward pass: the natural-log log-sum-exp of every row, ``lse = log sum_j
 exp(s q_i . k_j)`` (fp32, ``(B, N)``).
@@ -50,13 +43,12 @@ def _mm(a, b, acc):
 
 
 @triton.jit
-def _scores(
-    m_i, l_i, q, k_base, k_offs, offs_n, key0, N, qk_scale, stride_kn,
-    P_TYPE: tl.constexpr, MASK_KEYS: tl.constexpr,
+def _attend_block(
+    acc, m_i, l_i, q, k_base, v_base, k_offs, v_offs, offs_n, key0, N, qk_scale, stride_kn, stride_vn,
+    MASK_KEYS: tl.constexpr,
 ):
-    """The online softmax over keys ``key0 + offs_n`` (log2 units): ``(p, alpha, m, l)`` with
-    ``p = 2^(s - m)`` in ``P_TYPE``, ``alpha = 2^(m_old - m)`` the factor that rescales what was
-    accumulated before, and the updated row maximum and sum."""
+    """One step of the online softmax (log2 units): keys ``key0 + offs_n`` into ``m``, ``l`` and
+    the accumulator."""
     keys = key0 + offs_n
     if MASK_KEYS:
         k = tl.load(k_base + (k_offs + key0 * stride_kn), mask=keys[None, :] < N, other=0.0)
@@ -68,17 +60,14 @@ def _scores(
     m_new = tl.maximum(m_i, tl.max(s, 1))
     p = tl.math.exp2(s - m_new[:, None])
     alpha = tl.math.exp2(m_i - m_new)
-    return p.to(P_TYPE), alpha, m_new, l_i * alpha + tl.sum(p, 1)
-
-
-@triton.jit
-def _accumulate(acc, alpha, p, v_base, v_offs, key0, offs_n, N, stride_vn, MASK_KEYS: tl.constexpr):
-    """``acc alpha + p V`` for the values of keys ``key0 + offs_n``."""
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
     if MASK_KEYS:
-        v = tl.load(v_base + (v_offs + key0 * stride_vn), mask=(key0 + offs_n)[:, None] < N, other=0.0)
+        v = tl.load(v_base + (v_offs + key0 * stride_vn), mask=keys[:, None] < N, other=0.0)
     else:
         v = tl.load(v_base + (v_offs + key0 * stride_vn))
-    return _mm(p, v, acc * alpha[:, None])
+    acc = _mm(p.to(v.dtype), v, acc)
+    return acc, m_new, l_i
 
 
 @triton.jit
@@ -90,11 +79,11 @@ def _forward_kernel(
     stride_ob, stride_oc, stride_on,  # Out: (B, HEAD, N), or the fp32 partials (SPLITS, B, HEAD, N)
     stride_os,
     N, keys_per_split, qk_scale,
-    HEAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DEFER_PV: tl.constexpr,
-    SPLIT: tl.constexpr,
+    HEAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr,
 ):
-    """Grid ``(cdiv(N, BLOCK_M), B, SPLITS)``: queries ``pid_m`` of image ``b``, key range ``pid_s``. Without ``SPLIT``: ``Out`` gets the attention output and
-    ``Lse`` (``(B, N)``) the natural log-sum-exp. With ``SPLIT``: ``Out`` is the fp32 partial
+    """Grid ``(cdiv(N, BLOCK_M), B, SPLITS)``: queries ``pid_m`` of image ``b``, key range
+    ``pid_s``. Without ``SPLIT``: ``Out`` gets the attention output and ``Lse`` (``(B, N)``) the
+    natural log-sum-exp. With ``SPLIT``: ``Out`` is the fp32 partial
     output of key range ``pid_s`` (normalised by its own sum) and ``Lse`` (``(SPLITS, B, N)``)
     its log2-sum-exp, for :func:`_combine_kernel`."""
     pid_m = tl.program_id(0)
@@ -117,32 +106,16 @@ def _forward_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD], dtype=tl.float32)
-    p_type = V.dtype.element_ty
 
     start = pid_s * keys_per_split
     stop = tl.minimum(start + keys_per_split, N)
     full_stop = start + ((stop - start) // BLOCK_N) * BLOCK_N  # keys_per_split is a BLOCK_N multiple
-    if DEFER_PV:
-        # P V one block behind Q K: p, alpha belong to block `last`. The first block, which may be
-        # the ragged one, is masked.
-        p, alpha, m_i, l_i = _scores(m_i, l_i, q, k_base, k_offs, offs_n, start, N, qk_scale, stride_kn,
-                                     p_type, True)
-        for key0 in range(start + BLOCK_N, stop, BLOCK_N):
-            p_next, alpha_next, m_i, l_i = _scores(m_i, l_i, q, k_base, k_offs, offs_n, key0, N, qk_scale,
-                                                   stride_kn, p_type, True)
-            acc = _accumulate(acc, alpha, p, v_base, v_offs, key0 - BLOCK_N, offs_n, N, stride_vn, False)
-            p, alpha = p_next, alpha_next
-        last = start + ((stop - start - 1) // BLOCK_N) * BLOCK_N
-        acc = _accumulate(acc, alpha, p, v_base, v_offs, last, offs_n, N, stride_vn, True)
-    else:
-        for key0 in range(start, full_stop, BLOCK_N):
-            p, alpha, m_i, l_i = _scores(m_i, l_i, q, k_base, k_offs, offs_n, key0, N, qk_scale, stride_kn,
-                                         p_type, False)
-            acc = _accumulate(acc, alpha, p, v_base, v_offs, key0, offs_n, N, stride_vn, False)
-        if full_stop < stop:  # the ragged last block of keys
-            p, alpha, m_i, l_i = _scores(m_i, l_i, q, k_base, k_offs, offs_n, full_stop, N, qk_scale, stride_kn,
-                                         p_type, True)
-            acc = _accumulate(acc, alpha, p, v_base, v_offs, full_stop, offs_n, N, stride_vn, True)
+    for key0 in range(start, full_stop, BLOCK_N):
+        acc, m_i, l_i = _attend_block(acc, m_i, l_i, q, k_base, v_base, k_offs, v_offs, offs_n, key0, N,
+                                      qk_scale, stride_kn, stride_vn, False)
+    if full_stop < stop:  # the ragged last block of keys
+        acc, m_i, l_i = _attend_block(acc, m_i, l_i, q, k_base, v_base, k_offs, v_offs, offs_n, full_stop, N,
+                                      qk_scale, stride_kn, stride_vn, True)
 
     out = acc / l_i[:, None]
     lse2 = m_i + tl.math.log2(l_i)

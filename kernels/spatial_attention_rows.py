@@ -1,13 +1,14 @@
-"""Launch planning for the ``spatial_attention`` backward by blocks of query rows (kernels and math
-in ``spatial_attention_rows_jit.py``), the backward of the large heads
-(``spatial_attention_table.RowsBackward``).
+"""Launch planning for ``spatial_attention`` by blocks of query rows, the large heads' forward and
+backward (``spatial_attention_table.RowsForward``, ``RowsBackward``; kernels and math in
+``spatial_attention_rows_jit.py``). Operands arrive in a table layout (``spatial_attention.py``).
 
-For each block of ``R`` query rows: the score gradients ``P_r``, ``dS_r`` into a 16-bit scratch
-buffer, then ``dV += dO_r P_r``, ``dK += s Q_r dS_r`` and ``dQ_r = s K dS_rᵀ``. ``R`` is as large as
-:data:`SCRATCH_BYTES` allows (every row at once up to ``B N^2 = 2^24``, e.g. one image of
-4096 positions); with more than one block, ``dV`` and ``dK`` add up in fp32 buffers and the last
-block's products round into the results. The plan depends only on sizes, dtype, layout and the
-device, and is cached (:func:`rows_plan`).
+For each block of ``R`` query rows, forward: ``P~_r`` and the per-tile statistics into a 16-bit
+scratch buffer, then ``O_r``. Backward: the score gradients ``P_r``, ``dS_r`` into the scratch,
+then ``dV += dO_r P_r``, ``dK += s Q_r dS_r`` and ``dQ_r = s K dS_rᵀ``; with more than one block,
+``dV`` and ``dK`` add up in fp32 buffers and the last block's products round into the results.
+``R`` is as large as :data:`SCRATCH_BYTES` allows (every row at once up to ``B N^2 = 2^24`` in
+the backward, e.g. one image of 4096 positions). Plans depend only on sizes, dtype, layout and
+the device, and are cached (:func:`forward_plan`, :func:`rows_plan`).
 """
 
 from __future__ import annotations
@@ -27,19 +28,61 @@ from .spatial_attention import _strides
 SCRATCH_BYTES = 64 * 2**20
 
 
-def block_rows(batch: int, n: int, tiles: T.RowsBackward) -> int:
-    """Query rows per block: ``P`` and ``dS`` of ``batch`` images within :data:`SCRATCH_BYTES`,
-    a multiple of the score tile's rows, at least one tile, at most all of ``n``."""
-    tile_m, tile_n = tiles.scores.block_m, tiles.scores.block_n
-    keys = triton.cdiv(n, tile_n) * tile_n
-    rows = SCRATCH_BYTES // (4 * batch * keys) // tile_m * tile_m
-    return min(max(rows, tile_m), triton.cdiv(n, tile_m) * tile_m)
+def block_rows(batch: int, n: int, tile: T.RowsConfig, bytes_per_score: int) -> int:
+    """Query rows per block: ``bytes_per_score`` per (image, row, key) of ``batch`` images within
+    :data:`SCRATCH_BYTES` (keys padded to ``tile``), a multiple of ``tile``'s rows, at least one
+    tile, at most all of ``n``."""
+    keys = triton.cdiv(n, tile.block_n) * tile.block_n
+    rows = SCRATCH_BYTES // (bytes_per_score * batch * keys) // tile.block_m * tile.block_m
+    return min(max(rows, tile.block_m), triton.cdiv(n, tile.block_m) * tile.block_m)
+
+
+@dataclass(frozen=True)
+class ForwardPlan:
+    rows: int  # query rows per block
+    scores: Config
+    attend: Config
+
+
+@functools.lru_cache(maxsize=1024)
+def forward_plan(batch, n, head, dtype, layout, arch) -> ForwardPlan:
+    tiles = T.FORWARD_TILES[arch][head]
+    # the product reads whole key tiles of the scratch, unmasked, and the statistics per tile
+    assert tiles.attend.block_k == tiles.scores.block_n and tiles.scores.block_m % tiles.attend.block_n == 0
+    assert head % tiles.attend.block_m == 0
+    scores, attend = (T.TABLE.find(arch, e) for e in T.rows_forward_entries(arch, tiles, dtype, layout))
+    return ForwardPlan(block_rows(batch, n, tiles.scores, 2), scores, attend)
+
+
+def forward_launches(plan: ForwardPlan, q, k, v, out, lse, qk_scale) -> list[Launch]:
+    """The forward by rows for ``(B, HEAD, N)`` operands in a table layout: ``out`` the result,
+    ``lse`` ``(B, N)`` the natural log-sum-exp."""
+    batch, head, n = q.shape
+    scores, attend = dict(plan.scores.constexprs), dict(plan.attend.constexprs)
+    tiles = triton.cdiv(n, scores["BLOCK_N"])
+    p = q.new_empty((batch, plan.rows, tiles * scores["BLOCK_N"]))
+    stats = q.new_empty((batch, plan.rows, tiles, 2), dtype=torch.float32)
+    launches = []
+    for r0 in range(0, n, plan.rows):
+        rows = min(plan.rows, n - r0)
+        launches += [
+            Launch(plan.scores, jit._scores_kernel,
+                   (triton.cdiv(rows, scores["BLOCK_M"]), tiles, batch),
+                   (q, k, p, stats, *_strides(q), *_strides(k), *_strides(p), *_strides(stats)[:2], n, head, r0, rows,
+                    qk_scale)),
+            Launch(plan.attend, jit._attend_kernel,
+                   (head // attend["BLOCK_M"], triton.cdiv(rows, attend["BLOCK_N"]), batch),
+                   (v, p, stats, out, lse, *_strides(v), *_strides(p), *_strides(stats)[:2], *_strides(out), n, head,
+                    r0, rows, tiles)),
+        ]
+    return launches
 
 
 @dataclass(frozen=True)
 class RowsPlan:
     rows: int  # query rows per block
     blocks: int
+    key_tile: int  # the scratch's keys are padded to a multiple of this
     scores: Config
     to_partial: Config  # dV / dK of the first block into an fp32 partial sum (several blocks)
     add_partial: Config  # of a middle block, added to it
@@ -54,10 +97,14 @@ def rows_plan(batch, n, head, dtype, layout, arch) -> RowsPlan:
     # the products read the scratch in whole tiles of the score kernel, unmasked
     assert tiles.scores.block_m % tiles.products.block_n == 0 and tiles.scores.block_m % tiles.products.block_k == 0
     assert tiles.scores.block_n % tiles.products.block_k == 0 and head % tiles.products.block_m == 0
-    rows = block_rows(batch, n, tiles)
+    rows = block_rows(batch, n, tiles.scores, 4)  # P and dS
     entries = [T.TABLE.find(arch, e) for e in T.rows_entries(arch, tiles, dtype, layout)]
     scores, to_partial, add_partial, to_result, add_to_result, dq = entries
-    return RowsPlan(rows, triton.cdiv(n, rows), scores, to_partial, add_partial, to_result, add_to_result, dq)
+    # dV and dK read whole column tiles of the scratch; what lies past N there (written or not)
+    # reaches only output columns past N, which are not stored
+    key_tile = max(tiles.scores.block_n, tiles.products.block_n)
+    return RowsPlan(rows, triton.cdiv(n, rows), key_tile, scores, to_partial, add_partial, to_result, add_to_result,
+                    dq)
 
 
 def _bmm(entry, out, acc, a, a_strides, b, b_strides, m, n, k, alpha) -> Launch:
@@ -77,7 +124,7 @@ def launches(plan: RowsPlan, q, k, v, grad_out, lse, delta, dq, dk, dv, scale, q
     layout). Allocates the scratch and, for several blocks, the fp32 partial sums."""
     batch, head, n = q.shape
     tile = dict(plan.scores.constexprs)
-    keys = triton.cdiv(n, tile["BLOCK_N"]) * tile["BLOCK_N"]
+    keys = triton.cdiv(n, plan.key_tile) * plan.key_tile
     p = q.new_empty((batch, plan.rows, keys))
     ds = q.new_empty((batch, plan.rows, keys))
     several = plan.blocks > 1

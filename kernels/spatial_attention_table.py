@@ -28,7 +28,6 @@ class ForwardConfig:
     block_n: int
     num_warps: int
     num_stages: int
-    defer_pv: bool = False  # P V one key block behind Q K (DEFER_PV, spatial_attention_jit)
 
 
 @dataclass(frozen=True)
@@ -58,6 +57,16 @@ class RowsConfig:
 
 
 @dataclass(frozen=True)
+class RowsForward:
+    """The forward by blocks of query rows (``spatial_attention_rows_jit``): ``scores`` the tile
+    of the kernel that writes ``P~`` (rows, keys, channels per step), ``attend`` that of the
+    product (channels, rows, keys per step: one key tile of ``scores``)."""
+
+    scores: RowsConfig
+    attend: RowsConfig
+
+
+@dataclass(frozen=True)
 class RowsBackward:
     """The backward by blocks of query rows (``spatial_attention_rows_jit``): ``scores`` the tile
     of the kernel that writes ``P`` and ``dS``, ``products`` that of the batched products."""
@@ -72,46 +81,46 @@ LAYOUTS = ("n", "c")
 #: the combine and Delta kernels, 8 warps: every channel (up to the largest head) of 16 positions
 REDUCE_TILE = dict(BLOCK_P=16, BLOCK_C=512)
 
-#: arch -> head -> tiles, best first (the launcher takes the next where the device refuses one's
-#: shared memory). Shared memory holds ``q`` (BLOCK_M x HEAD) and ``num_stages`` buffers of a key
-#: block (HEAD x BLOCK_N) and a value block (BLOCK_N x HEAD); registers hold the fp32 accumulator
-#: (BLOCK_M x HEAD) -- on sm_80, whose MMAs read their operands from registers, also ``q``
-#: itself, which is why heads above 128 have no sm_80 tile.
+#: arch -> head -> flash tiles (best first: the launcher takes the next where the device refuses
+#: one's shared memory) or :class:`RowsForward`. Flash: shared memory holds ``q`` (BLOCK_M x HEAD)
+#: and ``num_stages`` buffers of a key block (HEAD x BLOCK_N) and a value block (BLOCK_N x HEAD);
+#: registers hold the fp32 accumulator (BLOCK_M x HEAD) -- on sm_80, whose MMAs read their
+#: operands from registers, also ``q`` itself.
 #:
-#: Head 512: a 128 x 512 fp32 accumulator does not fit in registers, so a program owns 64 queries
-#: and all 512 output channels (128 accumulator registers per thread over 8 warps); each
-#: warpgroup accumulates ``P V`` for 256 of the channels. With ``defer_pv`` the kernel computes
-#: ``P V`` one key block behind ``Q K``, which lets the compiler split the 64 x BLOCK_N logits
-#: over the two warpgroups by key columns (each computes half of ``Q K`` once) and share ``P``
-#: through shared memory; done in step, both warpgroups would compute the same logits (Triton
-#: gives every warp 16 rows of a logits tile that feeds another product in the same step). The
-#: first tile, 196 KB of shared memory, has the widest key blocks (the logits MMA is 64 x 16 per
-#: warpgroup); the second, 163 KB, keeps three stages so that a key block's loads are issued two
-#: blocks ahead.
+#: Heads 256 and 512 run by rows: a flash program's accumulator leaves room for 64 (head 512) or
+#: 128 (head 256) queries, so every program streams all keys and values from L2 for that many
+#: queries, in small key blocks (a 64 x 512 accumulator beside 64-row logits leaves shared
+#: memory for 16-32 keys per stage), and the logits tile is split over warpgroups or computed
+#: twice. By rows, both products run on 128 x 128 tiles (docs/spatial-attention.md has the
+#: estimates that chose this).
 FORWARD_TILES = {
     "sm_90a": {
         64: (ForwardConfig(128, 64, 4, 3),),
-        128: (ForwardConfig(128, 64, 8, 3),),
-        256: (ForwardConfig(128, 64, 8, 2),),
-        512: (ForwardConfig(64, 16, 8, 3, defer_pv=True), ForwardConfig(64, 16, 8, 2, defer_pv=True)),
+        128: (ForwardConfig(128, 64, 8, 3), ForwardConfig(128, 64, 8, 2)),
+        256: RowsForward(RowsConfig(128, 128, 64, 8, 3), RowsConfig(128, 128, 128, 8, 3)),
+        512: RowsForward(RowsConfig(128, 128, 64, 8, 3), RowsConfig(128, 128, 128, 8, 3)),
     },
-    "sm_80": {64: (ForwardConfig(128, 64, 8, 3),), 128: (ForwardConfig(128, 64, 8, 3),)},
+    "sm_80": {
+        64: (ForwardConfig(128, 64, 8, 3),),
+        128: (ForwardConfig(128, 64, 8, 3),),
+        256: RowsForward(RowsConfig(128, 128, 32, 8, 3), RowsConfig(128, 128, 128, 8, 2)),
+        512: RowsForward(RowsConfig(128, 128, 32, 8, 3), RowsConfig(128, 128, 128, 8, 2)),
+    },
 }
 
 #: arch -> head -> :class:`FlashBackward` or :class:`RowsBackward`.
 #:
 #: Flash: ``BLOCK_M`` is the row count of the logits tiles ``S`` and ``dP``; Triton gives each warp
 #: 16 of those rows, so 8 warps want ``BLOCK_M = 128``: at 64 both warpgroups compute the same
-#: logits. Head 256 dK/dV accepts that (128 queries per step of ``q`` and ``dO`` would need 256 KB
-#: of shared memory for two stages).
+#: logits.
 #:
-#: By rows, at head 512 (and 256 on sm_80, whose register-operand MMAs spill the flash kernels
-#: there): a flash dK/dV program would hold ``2 x 512 x BLOCK_N`` fp32 accumulators in registers
-#: (``BLOCK_N <= 32`` over 8 warps) beside 64-query steps of ``q`` and ``dO`` (128 KB each, one
-#: stage, staged through registers: it spills), and every flash design that keeps its
-#: accumulators in registers streams about ``3 N^2 / 64`` positions of 2 KB tensors per image from
-#: L2 at this head. By rows, ``P`` and ``dS`` are formed in 128 x 128 tiles and the three products
-#: run as batched matrix products over 128 x 128 tiles (docs/spatial-attention.md).
+#: By rows, heads 256 and 512: a flash dK/dV program holds ``2 x HEAD x BLOCK_N`` fp32
+#: accumulators in registers (at head 512 ``BLOCK_N <= 32`` over 8 warps) beside 64-query steps
+#: of ``q`` and ``dO`` (128 KB each at head 512: one stage, staged through registers, which
+#: spills), so every program streams all queries from L2 for a few keys; on sm_80 the
+#: register-operand MMAs spill the flash kernels from head 256 on. By rows, ``P`` and ``dS`` are
+#: formed in 128 x 128 tiles and the three products run as batched matrix products on 128 x 128
+#: tiles (docs/spatial-attention.md).
 BACKWARD_TILES = {
     "sm_90a": {
         64: FlashBackward(BackwardConfig(64, 64, 4, 3), BackwardConfig(64, 64, 4, 3)),
@@ -134,10 +143,10 @@ _OCCUPANCY = {
     ("_delta_kernel", None): {"sm_80": 5, "sm_90a": 6},
     ("_forward_kernel", 64): {"sm_80": 1, "sm_90a": 2},
     ("_forward_kernel", 128): {"sm_80": 1, "sm_90a": 1},
-    ("_forward_kernel", 256): {"sm_90a": 1},
-    ("_forward_kernel", 512): {"sm_90a": 1},
     ("_dkdv_kernel", 64): {"sm_80": 2, "sm_90a": 2},
     ("_dkdv_kernel", 128): {"sm_80": 1, "sm_90a": 1},
+    ("_scores_kernel", None): {"sm_80": 1, "sm_90a": 2},
+    ("_attend_kernel", None): {"sm_80": 1, "sm_90a": 1},
     ("_score_grads_kernel", None): {"sm_80": 1, "sm_90a": 1},
     ("_bmm_kernel", None): {"sm_80": 1, "sm_90a": 1},
     ("_dq_kernel", 64): {"sm_80": 2, "sm_90a": 3},
@@ -174,7 +183,7 @@ def _claim(kernel, arch, head=None) -> dict:
 def forward_entry(arch, head, tile, dtype, layout, split) -> Config:
     return Config.make(
         "_forward_kernel", dict(Q=dtype, K=dtype, V=dtype, Out="fp32" if split else dtype, Lse="fp32"),
-        dict(HEAD=head, BLOCK_M=tile.block_m, BLOCK_N=tile.block_n, DEFER_PV=tile.defer_pv, SPLIT=split),
+        dict(HEAD=head, BLOCK_M=tile.block_m, BLOCK_N=tile.block_n, SPLIT=split),
         tile.num_warps, tile.num_stages, _claim("_forward_kernel", arch, head),
         ones=_unit(("q", "k", "v", "o"), layout, ("o",) if split else ()), unaligned=("N",) if layout == "c" else (),
         floats=("qk_scale",), tensor_cores=True,
@@ -205,6 +214,28 @@ def dkdv_entry(arch, head, tile, dtype, layout) -> Config:
         ones=_unit(("q", "k", "v", "d", "dk", "dv"), layout), unaligned=("N",) if layout == "c" else (),
         floats=("scale", "qk_scale"), tensor_cores=True,
     )
+
+
+def scores_entry(arch, tile, dtype, layout) -> Config:
+    return Config.make(
+        "_scores_kernel", dict(Q=dtype, K=dtype, P=dtype, Stats="fp32"),
+        dict(BLOCK_M=tile.block_m, BLOCK_N=tile.block_n, BLOCK_K=tile.block_k), tile.num_warps, tile.num_stages,
+        _claim("_scores_kernel", arch), ones=_unit(("q", "k"), layout) + ("stride_pn",),
+        unaligned=("N", "rows") if layout == "c" else (), floats=("qk_scale",), tensor_cores=True,
+    )
+
+
+def attend_entry(arch, tile, dtype, layout) -> Config:
+    return Config.make(
+        "_attend_kernel", dict(V=dtype, P=dtype, Stats="fp32", Out=dtype, Lse="fp32"),
+        dict(BLOCK_M=tile.block_m, BLOCK_N=tile.block_n, KEY_TILE=tile.block_k), tile.num_warps, tile.num_stages,
+        _claim("_attend_kernel", arch), ones=_unit(("v", "o"), layout) + ("stride_pn",),
+        unaligned=("N", "rows", "tiles") if layout == "c" else ("tiles",), tensor_cores=True,
+    )
+
+
+def rows_forward_entries(arch, tiles, dtype, layout) -> tuple:
+    return scores_entry(arch, tiles.scores, dtype, layout), attend_entry(arch, tiles.attend, dtype, layout)
 
 
 def score_grads_entry(arch, tile, dtype, layout) -> Config:
@@ -261,8 +292,11 @@ def _entries():
             for layout in LAYOUTS:
                 yield combine_entry(arch, dtype, layout)
                 yield delta_entry(arch, dtype, layout)
+                rows = {tiles for tiles in FORWARD_TILES[arch].values() if isinstance(tiles, RowsForward)}
+                for tiles in rows:  # their entries do not depend on the head
+                    yield from rows_forward_entries(arch, tiles, dtype, layout)
                 for head, tiles in FORWARD_TILES[arch].items():
-                    for tile in tiles:
+                    for tile in () if tiles in rows else tiles:
                         for split in (False, True):
                             yield forward_entry(arch, head, tile, dtype, layout, split)
                 rows = {tiles for tiles in BACKWARD_TILES[arch].values() if isinstance(tiles, RowsBackward)}
