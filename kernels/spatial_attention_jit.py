@@ -144,9 +144,10 @@ def _combine_kernel(
     pid_b = tl.program_id(1).to(tl.int64)
     batch = tl.num_programs(1)
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_c = tl.arange(0, BLOCK_C)
+    lanes = tl.arange(0, BLOCK_C)
+    offs_c = tl.minimum(lanes, C - 1)  # masked lanes repeat the last channel's (in-range) address
     p_ok = offs_p < N
-    mask = (offs_c[:, None] < C) & p_ok[None, :]
+    mask = (lanes[:, None] < C) & p_ok[None, :]
     m = tl.full([BLOCK_P], float("-inf"), dtype=tl.float32)
     for s in range(0, SPLITS):
         m = tl.maximum(m, tl.load(PartLse + (s * batch + pid_b) * N + offs_p, mask=p_ok, other=0.0))
