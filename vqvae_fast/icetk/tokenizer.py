@@ -29,8 +29,8 @@ class ImageTokenizer:
     Args:
         model_path: icetk's checkpoint (``ice_image.pt``: ``{"module": state_dict}``) for its
             default model, or ``None`` to pass ``model``.
-        model: an HVQVAE (fast, reference or icetk's own, which is accelerated in place) to use
-            instead of loading ``model_path``.
+        model: an HVQVAE to use instead of loading ``model_path``: ``vqvae_fast.icetk``'s, or the
+            reference's or icetk's own, whose blocks are then accelerated in place.
         device: where to run (default: CUDA if available, else CPU).
         dtype: ``torch.float16`` / ``torch.bfloat16`` / ``torch.float32``; default fp16 on CUDA
             (icetk's ``fp16=True``), fp32 on CPU.
@@ -53,10 +53,12 @@ class ImageTokenizer:
             model.load_checkpoint(model_path)
         elif not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be an HVQVAE module, got {type(model).__name__}")
-        elif not isinstance(model, HVQVAE):
+        elif not isinstance(model, HVQVAE):  # icetk's or the reference's: its blocks made fast in place
             from ..acceleration import accelerate
+            from ..nn._adopt import adopt
 
             accelerate(model)
+            model = adopt(model, HVQVAE)  # the container, with this class's methods (same submodules)
         self.model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
         self.device, self.dtype = device, dtype
         self.num_tokens = int(model.quantize.n_embed)

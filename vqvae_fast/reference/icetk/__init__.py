@@ -27,6 +27,7 @@ from .model import (
     load_default_HVQVAE,
     load_icetk_checkpoint,
     read_config,
+    tiny_config,
 )
 from .quantize import GumbelQuantize, VectorQuantize, VectorQuantizeEMA, nearest_code_ids
 
@@ -34,5 +35,5 @@ __all__ = [
     "HVQVAE", "IMAGE_MEAN", "IMAGE_STD", "AttnBlock", "Decoder", "DownSample", "Encoder", "GumbelQuantize",
     "Normalize", "ResidualDownSample", "ResnetBlock", "Upsample", "VectorQuantize", "VectorQuantizeEMA",
     "default_config", "load_ckpt", "load_default_HVQVAE", "load_icetk_checkpoint", "nearest_code_ids",
-    "nonlinearity", "read_config",
+    "nonlinearity", "read_config", "tiny_config",
 ]

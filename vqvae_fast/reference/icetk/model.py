@@ -27,8 +27,13 @@ IMAGE_MEAN = (0.79093, 0.76271, 0.75340)
 IMAGE_STD = (0.30379, 0.32279, 0.32800)
 
 
+# Where icetk's own new_module finds each class, relative to icetk.vqvae (its package exports
+# only some of them), so that icetk can build these configs too.
+_ICETK_MODULE = {"VectorQuantize": "quantize.", "GumbelQuantize": "quantize.", "DownSample": "enc_dec."}
+
+
 def _target(name: str, **params) -> dict:
-    return {"target": f"vqvae.{name}", "params": params}
+    return {"target": f"..vqvae.{_ICETK_MODULE.get(name, '')}{name}", "params": params}
 
 
 def default_config() -> dict:
@@ -47,6 +52,27 @@ def default_config() -> dict:
         quantize_config=_target("VectorQuantizeEMA", hidden_dim=256, embedding_dim=256, n_embed=20000,
                                 training_loc=False),
         dec_configs=[_target("Decoder", channels_mult=mult) for mult in ([1, 1, 1, 2, 4], [1, 1, 2, 4], [1, 2, 4])],
+    )
+
+
+def tiny_config(*, quantizer: str = "VectorQuantizeEMA", n_embed: int = 96, levels: int = 3,
+                resample_with_conv: bool = True) -> dict:
+    """A small HVQVAE of the default model's shape, for tests and smoke runs: 32 channels, codes
+    of dim 32, a ``/2`` encoder with attention at 16², up to 3 levels (``/2``, ``/4``, ``/8``)."""
+    if levels not in (1, 2, 3):
+        raise ValueError(f"levels must be 1, 2 or 3, got {levels!r}")
+    quantize = dict(hidden_dim=32, embedding_dim=32, n_embed=n_embed)
+    if quantizer == "VectorQuantizeEMA":
+        quantize["training_loc"] = False
+    decoders = ([1, 1, 1, 2], [1, 1, 2], [1, 2])[3 - levels:]  # decs[i] undoes level levels - 1 - i
+    return _target(
+        "HVQVAE", levels=levels, embedding_dim=32, codebook_scale=0.5,
+        down_sampler_configs=[_target("ResidualDownSample", in_channels=32) for _ in range(levels - 1)],
+        enc_config=_target("Encoder", channels=32, channels_mult=[1, 2], num_res_blocks=1, z_channels=32,
+                           resolution=32, resample_with_conv=resample_with_conv),
+        quantize_config=_target(quantizer, **quantize),
+        dec_configs=[_target("Decoder", channels=32, channels_mult=mult, z_channels=32, resolution=32)
+                     for mult in decoders],
     )
 
 
