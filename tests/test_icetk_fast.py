@@ -342,3 +342,12 @@ def test_icetk_blocks_outside_a_model_are_accelerated():
     report = vqvae_fast.accelerate(peers.randomize_norms(holder))
     assert {r.name: r.op for r in report.replaced} == {"q": "codebook_argmin", "d": "padded_conv2d"}
     assert isinstance(holder.q, VectorQuantize)
+
+
+def test_fast_icetk_blocks_compile_fullgraph():
+    model = fast_icetk.HVQVAE.from_config(ref.tiny_config()).eval()
+    z = torch.randn(2, 32, 8, 8)
+    with torch.no_grad():
+        for block in (model.quantize, model.down_samplers[0]):
+            got, want = torch.compile(block, fullgraph=True)(z), block(z)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)  # (z_q, diff, ids) or the image
