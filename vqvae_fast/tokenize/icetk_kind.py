@@ -66,9 +66,10 @@ class IcetkCodes:
 def load_icetk(source: ModelSource, device: torch.device, dtype: torch.dtype) -> IcetkCodes:
     from ..icetk import HVQVAE
 
+    checkpoint = require_file("model checkpoint", source.path)  # before building the model
     config = icetk_config(source)
     model = HVQVAE.from_config(config)
-    model.load_checkpoint(require_file("model checkpoint", source.path))
+    model.load_checkpoint(checkpoint)
     model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     params = config.get("params", {})
     quantize = params.get("quantize_config", {}).get("params", {})
