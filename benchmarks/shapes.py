@@ -96,7 +96,8 @@ SHAPES: tuple[Shape, ...] = (
     _s("codebook_argmin", (16384, 1024, 4), "D=4 codebook (vq_f8 style), 128² latents", "cpu"),
     _s("codebook_argmin", (6400, 20000, 256), "icetk codebook 20000x256, 16 frames of 160² at level 1 (20² codes)",
        "quick", "full"),
-    _s("codebook_argmin", (400, 20000, 256), "icetk codebook 20000x256, one 160² frame at level 1 (20² codes)", "cpu"),
+    _s("codebook_argmin", (400, 20000, 256), "icetk codebook 20000x256, one 160² frame at level 1 (20² codes)",
+       "cpu"),
     _s("codebook_argmin", (50, 70, 8), "tiny", "tiny"),
     # padded_conv2d (issue 3): (N, C_in, H, W, C_out), 3x3, stride 2, padding (0, 1, 0, 1)
     _s("padded_conv2d", (8, 128, 256, 256, 128), "f16/vq_f8 Downsample at level 0, 256² image, batch 8", "quick", "full"),

@@ -100,7 +100,8 @@ class ImageTokenizer:
     @torch.no_grad()
     def decode(self, codes, l: int = 1) -> torch.Tensor:
         """Images ``(B, 3, H, W)`` (fp32, about ``[0, 1]``) of codes ``(B, h, w)``, ``(B, h * w)``
-        (square grids), ``(h * w,)`` or a list of ints."""
+        (square grids), ``(h * w,)`` or a list of ints. The codes' range is checked first (one
+        read-back to the host; ``model.single_decode_code`` runs without it)."""
         if isinstance(codes, Sequence) and not isinstance(codes, (str, bytes)):
             codes = torch.tensor(codes, dtype=torch.long)
         V.check_tensor("codes", codes, ndim=(1, 2, 3), dtypes=V.INDEX_DTYPES)

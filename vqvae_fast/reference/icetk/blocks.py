@@ -40,7 +40,8 @@ class ResnetBlock(blocks.ResnetBlock):
     def __init__(self, in_channels: int, dropout: float, out_channels: int | None = None,
                  conv_shortcut: bool = False, *, temb_channels: int = 0):
         if temb_channels != 0:
-            raise ValueError(f"temb_channels must be 0: icetk's ResnetBlock has no timestep embedding, got {temb_channels}")
+            raise ValueError(f"temb_channels must be 0 (icetk's ResnetBlock has no timestep embedding), "
+                             f"got {temb_channels}")
         super().__init__(in_channels=in_channels, out_channels=out_channels, conv_shortcut=conv_shortcut,
                          dropout=dropout, temb_channels=0)
 

@@ -136,7 +136,8 @@ class GumbelQuantize(nn.Module):
     in eval) mixing the codes, and a KL term to the uniform prior:
 
     .. math::
-        \mathrm{diff} = \lambda \cdot \overline{\textstyle\sum_k q_k \log(K q_k + \epsilon)}, \quad q = \mathrm{softmax}(\text{logits})
+        \mathrm{diff} = \lambda \cdot \overline{\textstyle\sum_k q_k \log(K q_k + \epsilon)},
+        \quad q = \mathrm{softmax}(\text{logits})
 
     with ``λ = kl_weight``. The sample is random in eval mode too (icetk's behaviour).
     Shape: ``z`` ``(B, hidden_dim, H, W)`` -> ``z_q`` ``(B, H, W, embedding_dim)``, ``ids`` ``(B, H, W)``.
