@@ -28,6 +28,7 @@ _LAZY = {
     "Decoder": ("models", "Decoder"),
     "Encoder": ("models", "Encoder"),
     "VQModel": ("models", "VQModel"),
+    "icetk": ("icetk", None),  # icetk's HVQVAE (CogView2 / CogVideo's image tokenizer) on fast blocks
     "tokenize": ("tokenize", None),  # the dataset tokenizer package (callable: vqvae_fast.tokenize(...))
 }
 
@@ -55,6 +56,7 @@ __all__ = [
     "__version__",
     "codebook_argmin",
     "configs",
+    "icetk",
     "group_norm_silu",
     "info",
     "nn",
