@@ -185,3 +185,23 @@ def test_small_model_writes_its_tables(small_model):
     assert "H100 SXM" in text and "A100 SXM" in text and "**estimate**" in text
     with open(paths["csv"]) as f:
         assert len(f.read().strip().splitlines()) == len(rows) + 1
+
+
+def test_bench_static_command_writes_tables_and_prints_model_beside_measurement(tmp_path, capsys):
+    pytest.importorskip("triton")
+    from vqvae_fast import cli
+
+    measured = tmp_path / "results.json"
+    row = dict(op="group_norm_silu", shape="2x64x6x5", dtype="fp32", format="nchw", status="ok",
+               provider="vqvae_fast", mode="forward+backward", time_p50_us=17.5)
+    measured.write_text(json.dumps({"environment": {"device": "NVIDIA H100 80GB HBM3"}, "rows": [row]}))
+    out = tmp_path / "out"
+    args = ["bench", "--static", "--shapes", "tiny", "--ops", "group_norm_silu", "--gpus", "sm_90a",
+            "--out", str(out), "--measured", str(measured)]
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "2x64x6x5" in printed and "% of floor" in printed
+    assert "Model vs measurement on NVIDIA H100" in printed
+    line = next(l for l in printed.splitlines() if l.startswith("| group_norm_silu | 2x64x6x5 | fp32 | nchw"))
+    assert "forward+backward" in line and "17.5" in line
+    assert sorted(p.name for p in out.iterdir()) == ["static_model.csv", "static_model.json", "static_model.md"]

@@ -82,6 +82,26 @@ def _l2_hits(work: LaunchWork, gpu: Gpu) -> LaunchWork:
     return work
 
 
+def _executed_mma(work: LaunchWork, facts: CompiledFacts) -> LaunchWork:
+    """``work`` with the MMA FLOPs its SASS executes per trip where they exceed the accounting
+    (e.g. two warpgroups computing the same 64-row logits). A SASS trip that copies ``k`` trips'
+    worth of ``cp.async`` bytes is ``k`` trips unrolled, not duplicated work."""
+    sass = facts.sass
+    if not (work.tensor_flops and sass.loops and sass.loop_mma_flops and work.trips):
+        return work
+    issuers = facts.num_warps // 4 if sass.loop.hgmma else facts.num_warps
+    per_trip = work.tensor_flops / max(work.grid, 1) / work.trips
+    unrolled = 1
+    if sass.loop.ldgsts and work.trip_load_bytes:
+        unrolled = max(1, round(sass.loop.ldgsts * 16 * facts.threads / work.trip_load_bytes))
+    executed = sass.loop_mma_flops * issuers / unrolled
+    if executed <= per_trip * 1.01:
+        return work
+    ratio = executed / per_trip
+    return replace(work, tensor_flops=work.tensor_flops * ratio, notes=work.notes + [
+        f"its SASS executes {ratio:.2f}x these MMA FLOPs per trip (work repeated across warpgroups or warps)"])
+
+
 def _throughput(work: LaunchWork, gpu: Gpu) -> dict:
     return {
         "dram": work.dram_bytes / gpu.bandwidth,
@@ -167,6 +187,8 @@ def estimate_launch(work: LaunchWork, facts: CompiledFacts | None, gpu: Gpu) -> 
     if facts is None or facts.error:
         raise ValueError(f"{work.label}: no compiled facts for {work.config.name} on {gpu.key}"
                          + (f" ({facts.error})" if facts is not None and facts.error else ""))
+    work = _executed_mma(work, facts)
+    terms = _throughput(work, gpu)
     c = ctas_per_sm(gpu.arch, facts.registers, facts.threads, facts.shared)
     if c < 1:
         raise ValueError(f"{work.config.name} cannot launch on {gpu.key}: 0 CTAs per SM")
@@ -186,15 +208,16 @@ def estimate_launch(work: LaunchWork, facts: CompiledFacts | None, gpu: Gpu) -> 
     terms["schedule"] = schedule
     throughput = max(terms[k] for k in ("dram", "l2", "tensor", "fma"))
     seconds = max(throughput, schedule)
+    efficiency = work.grid / (waves * slots)
     if seconds == throughput:
         binds = max(("dram", "l2", "tensor", "fma"), key=terms.get)
-    elif throughput * waves * slots / max(work.grid, 1) >= 0.95 * schedule:
-        binds = "waves"
     else:
         binds = {"mma": "tensor" if work.tensor_flops else "fma", "smem": "smem", "issue": "issue",
                  "transfer": "bandwidth", "latency": "latency", "outer": "epilogue"}[max(parts, key=parts.get)]
+        if binds in ("tensor", "fma", "bandwidth") and efficiency < 0.9:
+            binds = "waves"  # the SM's units are busy, but only part of the last wave's SMs
     total = seconds + gpu.launch_overhead
     if gpu.launch_overhead > total / 2:
         binds = "launch"
     terms.update({f"trip_{k}": v for k, v in parts.items()})
-    return LaunchEstimate(work, facts, c, waves, work.grid / (waves * slots), terms, total, binds, stages)
+    return LaunchEstimate(work, facts, c, waves, efficiency, terms, total, binds, stages)
