@@ -55,6 +55,10 @@ def test_sass_reader_finds_the_hot_loop_its_pipelining_and_mma_costs():
     assert facts.loop_mma_shared_bytes == (64 * 16 + 32 * 16) * 2 + 256 * 16 * 2
     waited = sass.analyse(SASS.replace("SB0, 0x2", "SB0, 0x0"))
     assert waited.stages_in_effect == 1  # the next block's loads are waited on before use
+    tma = sass.analyse(SASS.replace("LDGSTS.E.BYPASS.128 [R157+0x20000], desc[UR16][R10.64], !P1",
+                                    "UTMALDG.2D [UR8], [UR4]").replace(
+        "LDGSTS.E.BYPASS.128 [R203+0x20000], desc[UR16][R12.64], !P1", "UTMALDG.2D [UR8], [UR6]"))
+    assert tma.loop.tma == 1 and tma.stages_in_effect is None  # mbarrier waits: the entry's stages
     assert sass.SassFacts.from_dict(json.loads(json.dumps(facts.as_dict()))) == facts
 
 

@@ -22,7 +22,7 @@ estimate. For one launch on a GPU (``hardware.py``) with ``P`` SMs:
      first reads, L2 for re-reads, in the launch's proportion; at most 64 B/clock per SM);
    * ``chain`` -- one CTA's own critical path: with its next loads issued ``S - 1`` trips ahead
      (``S`` = the pipelining in effect, read from the SASS's ``cp.async`` waits, see
-     ``sass.py``), ``max(t_mma + t_issue, (L + b / bw_sm) / (S - 1))``; with ``S = 1`` (loads
+     ``sass.py``; the entry's ``num_stages`` for TMA copies), ``max(t_mma + t_issue, (L + b / bw_sm) / (S - 1))``; with ``S = 1`` (loads
      waited on before use, or plain loads) ``t_mma + t_issue + L + b / bw_sm``, ``L`` the
      memory latency. Other resident CTAs hide this only when ``A`` of them are there: Little's
      law, in the ``max``.
@@ -91,15 +91,23 @@ def _executed_mma(work: LaunchWork, facts: CompiledFacts) -> LaunchWork:
         return work
     issuers = facts.num_warps // 4 if sass.loop.hgmma else facts.num_warps
     per_trip = work.tensor_flops / max(work.grid, 1) / work.trips
-    unrolled = 1
-    if sass.loop.ldgsts and work.trip_load_bytes:
-        unrolled = max(1, round(sass.loop.ldgsts * 16 * facts.threads / work.trip_load_bytes))
-    executed = sass.loop_mma_flops * issuers / unrolled
+    executed = sass.loop_mma_flops * issuers / unrolled(work, facts)
     if executed <= per_trip * 1.01:
         return work
     ratio = executed / per_trip
     return replace(work, tensor_flops=work.tensor_flops * ratio, notes=work.notes + [
         f"its SASS executes {ratio:.2f}x these MMA FLOPs per trip (work repeated across warpgroups or warps)"])
+
+
+def unrolled(work: LaunchWork, facts: CompiledFacts) -> int:
+    """Trips of the accounting's main loop that one trip of the SASS hot loop covers: the bytes
+    its ``cp.async`` copies (16 each per thread), or else its 128-bit loads, bring in, over the
+    bytes a trip loads (1 when neither says)."""
+    loop = facts.sass.loop
+    if not (facts.sass.loops and work.trip_load_bytes):
+        return 1
+    copied = (loop.ldgsts or loop.ldg_128) * 16 * facts.threads
+    return max(1, round(copied / work.trip_load_bytes))
 
 
 def _throughput(work: LaunchWork, gpu: Gpu) -> dict:
@@ -121,13 +129,14 @@ def _per_cta_trip(work: LaunchWork, facts: CompiledFacts, gpu: Gpu) -> tuple[flo
     sass = facts.sass
     warps = facts.num_warps
     counts = sass.loop if sass.loops else sass.total  # no loop: the whole kernel is the one trip
+    per = unrolled(work, facts)  # an unrolled SASS loop: its counts cover `per` trips
     t_smem = 0.0
     if sass.loops:
         issuers = warps // 4 if sass.loop.hgmma else warps
-        t_smem = sass.loop_mma_shared_bytes * issuers / (SMEM_BYTES_PER_CLOCK * gpu.clock)
+        t_smem = sass.loop_mma_shared_bytes * issuers / (SMEM_BYTES_PER_CLOCK * gpu.clock) / per
     # FFMAs are the FMA FLOPs of t_mma; the rest issue one per clock per scheduler, MUFU slower
     other = counts.instructions - counts.tensor - counts.ffma - counts.mufu
-    t_issue = _issue_time(other + MUFU_ISSUE * counts.mufu, warps, gpu)
+    t_issue = _issue_time(other + MUFU_ISSUE * counts.mufu, warps, gpu) / per
     return t_mma, t_issue, t_smem
 
 
@@ -194,7 +203,7 @@ def estimate_launch(work: LaunchWork, facts: CompiledFacts | None, gpu: Gpu) -> 
         raise ValueError(f"{work.config.name} cannot launch on {gpu.key}: 0 CTAs per SM")
     slots = gpu.sms * c
     waves = math.ceil(work.grid / slots)
-    stages = facts.sass.stages_in_effect
+    stages = facts.sass.stages_in_effect or facts.num_stages
     full_waves, rest = divmod(work.grid, slots)
     schedule, parts = 0.0, {}
     if full_waves:

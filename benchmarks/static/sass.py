@@ -28,7 +28,8 @@ Software pipelining (``cp.async_stages``): in a loop that copies with ``LDGSTS``
 groups are still in flight. The smallest ``n`` the loop waits for, over the groups it issues per
 trip, is how many trips ahead its loads run: ``stages_in_effect = 1 + n // groups_per_trip``.
 ``1`` means the loads of the next block are waited on before the block is used -- load latency
-is exposed every trip, whatever ``num_stages`` the configuration asked for.
+is exposed every trip, whatever ``num_stages`` the configuration asked for. A loop that copies
+with TMA (``UTMALDG``) waits on mbarriers instead; there the entry's ``num_stages`` is taken.
 """
 
 from __future__ import annotations
@@ -89,8 +90,12 @@ class SassFacts:
     loop_mma_shared_bytes: int = 0
 
     @property
-    def stages_in_effect(self) -> int:
-        """Trips of the hot loop whose loads are in flight at once (1: none ahead)."""
+    def stages_in_effect(self) -> int | None:
+        """Trips of the hot loop whose loads are in flight at once (1: none ahead); ``None`` for
+        a loop that copies with TMA, whose mbarrier waits do not say it (take the entry's
+        ``num_stages``)."""
+        if self.loop.tma and not self.loop.ldgsts:
+            return None
         if not self.loop.ldgsts or self.depbar_min_pending is None or not self.ldgdepbar_per_trip:
             return 1
         return 1 + self.depbar_min_pending // self.ldgdepbar_per_trip
