@@ -45,7 +45,8 @@ def add_static_arguments(parser: argparse.ArgumentParser, standalone: bool = Fal
         parser.add_argument("--static", action="store_true",
                             help="estimate kernel times with the static model instead of running anything "
                                  "(no GPU needed; see docs/performance.md)")
-    parser.add_argument("--gpus", default="sm_90a,sm_80", help="static model: GPUs to model (sm_90a: H100, sm_80: A100)")
+    parser.add_argument("--gpus", default="sm_90a,sm_80",
+                        help="static model: GPUs to model (sm_90a: H100, sm_80: A100)")
     parser.add_argument("--cache", default=None,
                         help="static model: folder of cached compilations (default ~/.cache/vqvae_fast/static)")
     parser.add_argument("--measured", action="append", default=None,
@@ -83,7 +84,9 @@ def run_static(args) -> int:
     paths = report.write(estimates, args.out)
     for e in estimates:
         print(_line(e))
-    measured = args.measured if args.measured is not None else sorted(glob.glob(os.path.join(RESULTS, "*", "results.json")))
+    measured = args.measured
+    if measured is None:
+        measured = sorted(glob.glob(os.path.join(RESULTS, "*", "results.json")))
     for path in measured:
         with open(path) as f:
             rows = report.compare(estimates, json.load(f))

@@ -4,8 +4,9 @@ Compiles every entry of an op's configuration table (``vqvae_fast.kernels.<op>_t
 for each architecture it is picked on (sm_80, sm_90a) with no GPU present, and reads the cubin
 with the ``cuobjdump`` that triton ships: registers, shared memory, local memory (spills) and the
 SASS (the compilation itself is ``vqvae_fast.benchmarks.static.compiled``, shared with the static
-performance model, whose disk cache each compilation here refreshes). :func:`check_results` turns every broken promise into a readable line: spills, more than
-255 registers, fewer CTAs per SM than the entry states (``kernels/_table.ctas_per_sm``), shared
+performance model, whose disk cache each compilation here refreshes). :func:`check_results`
+turns every broken promise into a readable line: spills, more than 255 registers, fewer CTAs
+per SM than the entry states (``kernels/_table.ctas_per_sm``), shared
 memory over the architecture's limit, no tensor-core instruction where the entry multiplies
 matrices, no 128-bit global load where it streams.
 
@@ -24,7 +25,6 @@ import os
 import subprocess
 import sys
 import time
-
 
 from vqvae_fast.benchmarks.static.compiled import compile_entry, cuobjdump, signature, store
 

@@ -46,7 +46,8 @@ def test_sass_reader_finds_the_hot_loop_its_pipelining_and_mma_costs():
     facts = sass.analyse(SASS)
     assert facts.total.instructions == 16 and facts.total.ldg_128 == 1 and facts.total.stg == 1
     assert facts.loops == 1 and facts.loop_depth == 1
-    assert (facts.loop.hgmma, facts.loop.ldgsts, facts.loop.bar, facts.loop.wgdepbar, facts.loop.mufu) == (2, 1, 1, 1, 1)
+    loop = facts.loop
+    assert (loop.hgmma, loop.ldgsts, loop.bar, loop.wgdepbar, loop.mufu) == (2, 1, 1, 1, 1)
     assert facts.loop.ffma == 1 and facts.loop.ldg == 0  # the LDG before the loop is not in it
     # one group per trip, at most 2 in flight at the wait: loads run 2 trips ahead
     assert facts.ldgdepbar_per_trip == 1 and facts.depbar_min_pending == 2 and facts.stages_in_effect == 3

@@ -22,7 +22,8 @@ estimate. For one launch on a GPU (``hardware.py``) with ``P`` SMs:
      first reads, L2 for re-reads, in the launch's proportion; at most 64 B/clock per SM);
    * ``chain`` -- one CTA's own critical path: with its next loads issued ``S - 1`` trips ahead
      (``S`` = the pipelining in effect, read from the SASS's ``cp.async`` waits, see
-     ``sass.py``; the entry's ``num_stages`` for TMA copies), ``max(t_mma + t_issue, (L + b / bw_sm) / (S - 1))``; with ``S = 1`` (loads
+     ``sass.py``; the entry's ``num_stages`` for TMA copies),
+     ``max(t_mma + t_issue, (L + b / bw_sm) / (S - 1))``; with ``S = 1`` (loads
      waited on before use, or plain loads) ``t_mma + t_issue + L + b / bw_sm``, ``L`` the
      memory latency. Other resident CTAs hide this only when ``A`` of them are there: Little's
      law, in the ``max``.

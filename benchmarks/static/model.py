@@ -89,7 +89,8 @@ def floor(case: StaticCase, gpu: Gpu) -> tuple[float, str]:
     return seconds, ("memory" if bound == "memory" else f"compute {rate_name}")
 
 
-def run(case_list, gpus=tuple(GPUS.values()), cache: str | None = None, workers: int | None = None) -> list[CaseEstimate]:
+def run(case_list, gpus=tuple(GPUS.values()), cache: str | None = None,
+        workers: int | None = None) -> list[CaseEstimate]:
     planned = []
     for gpu in gpus:
         for case in case_list:

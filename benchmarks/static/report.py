@@ -46,7 +46,8 @@ def case_row(est: CaseEstimate) -> dict:
 
 def launch_row(est: CaseEstimate, le: LaunchEstimate) -> dict:
     w, f = le.work, le.facts
-    row = {k: v for k, v in case_row(est).items() if k in ("arch", "op", "shape", "dtype", "format", "mode", "provider")}
+    keys = ("arch", "op", "shape", "dtype", "format", "mode", "provider")
+    row = {k: v for k, v in case_row(est).items() if k in keys}
     sass = f.sass if f else None
     row.update({
         "launch": w.label, "entry": w.config.name if w.config else "(PyTorch)", "grid": w.grid,
@@ -194,7 +195,8 @@ def compare(estimates: list[CaseEstimate], results: dict) -> list[dict]:
         est_us = sum(p.seconds for p in parts) * 1e6
         out.append({"op": r["op"], "shape": r["shape"], "dtype": r["dtype"], "format": r["format"],
                     "mode": r["mode"], "provider": r["provider"], "model_us": round(est_us, 2),
-                    "measured_us": round(r["time_p50_us"], 2), "measured_over_model": round(r["time_p50_us"] / est_us, 2),
+                    "measured_us": round(r["time_p50_us"], 2),
+                    "measured_over_model": round(r["time_p50_us"] / est_us, 2),
                     "model_binds": " + ".join(p.binds for p in parts), "device": results["environment"]["device"]})
     return out
 
