@@ -17,6 +17,7 @@ import csv
 import json
 import os
 
+from .. import formulas
 from .estimate import LaunchEstimate
 from .hardware import GPUS
 from .model import CaseEstimate
@@ -34,13 +35,20 @@ def describe(case) -> str:
 
 def case_row(est: CaseEstimate) -> dict:
     c = est.case
+    floor = formulas.FORMULAS[c.op](c.dims, c.dtype, c.mode)
     return {
         "gpu": est.gpu.name, "arch": est.gpu.key, "op": c.op, "shape": describe(c), "dtype": c.dtype,
         "format": c.format, "mode": c.mode, "provider": c.provider, "launches": len(est.launches),
         "est_us": round(est.seconds * 1e6, 2) if not est.error else None,
         "floor_us": round(est.floor_seconds * 1e6, 2), "floor_bound": est.floor_bound,
         "est_pct_floor": round(est.pct_floor, 1) if not est.error else None,
-        "binds": est.binds, "error": est.error or "",
+        "binds": est.binds,
+        # what the launches move and execute, against the floor's count (formulas.py)
+        "hbm_mb": round(sum(l.work.dram_bytes for l in est.launches) / 1e6, 2),
+        "floor_mb": round(floor.bytes / 1e6, 2) if floor.bytes else None,
+        "gflop": round(sum(l.work.tensor_flops + l.work.fma_flops for l in est.launches) / 1e9, 2),
+        "floor_gflop": round(floor.flops / 1e9, 2) if floor.flops else None,
+        "error": est.error or "",
     }
 
 
@@ -86,7 +94,8 @@ def _md_table(rows: list[dict], columns: list[tuple[str, str]]) -> list[str]:
 CASE_COLUMNS = [("op", "op"), ("shape", "shape"), ("dtype", "dtype"), ("format", "layout"), ("mode", "mode"),
                 ("provider", "provider"), ("launches", "launches"), ("est_us", "est. us"),
                 ("floor_us", "floor us"), ("floor_bound", "floor"), ("est_pct_floor", "est. % floor"),
-                ("binds", "binds"), ("error", "error")]
+                ("binds", "binds"), ("hbm_mb", "HBM MB"), ("floor_mb", "floor MB"), ("gflop", "GFLOP"),
+                ("floor_gflop", "floor GFLOP"), ("error", "error")]
 LAUNCH_COLUMNS = [("op", "op"), ("shape", "shape"), ("dtype", "dtype"), ("format", "layout"), ("mode", "mode"),
                   ("launch", "launch"), ("grid", "grid"), ("registers", "regs"), ("spills", "spills"),
                   ("shared", "smem B"), ("warps", "warps"), ("ctas_per_sm", "CTAs/SM"), ("waves", "waves"),
