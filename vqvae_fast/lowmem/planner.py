@@ -1,0 +1,246 @@
+"""How to run a program within a memory budget: tile grids, where each value lives, samples per sweep.
+
+The memory model (bytes on the compute device, beyond the weights and the caller's input):
+
+* **storage** during pass ``p``: every value kept on the device that is alive (produced before
+  ``p``, read by ``p`` or later), plus ``p``'s output; a residual sum written over its dead
+  input shares that input's storage.
+* **working set** of ``p`` for one output tile of ``th x tw``: the input window (halo included;
+  normalised into a new buffer while loading), the 2x2-upsampled window where upsampling is
+  interpolation (CPU), one more input window for padding copies, layout reorders and the
+  convolution's workspace, the output tile twice (a reorder or a crop, the float32 copy for
+  statistics of 16-bit tiles), a shortcut convolution's window and output, and, with host
+  storage, the next window arriving while this one computes and the last tile leaving. A pass
+  whose output is one tile runs the plain ops on whole tensors (the same terms, whole-sized).
+* a :class:`~.layers.Whole` pass (attention) adds what its adapter says it allocates.
+
+The peak is the maximum over passes of storage + working set. With no fixed budget ("lean") the
+working set of every pass is held near 1/8 of the largest value (at least 16 MiB), so the peak
+is about two of the largest activations (a ResnetBlock's input and its first convolution's
+output) plus that. With a budget, the plan with the largest tiles that fits is chosen, trying in
+order: all values on the device with the whole batch; fewer samples per sweep; then (CUDA) the
+largest resolutions kept in pinned host memory. A budget nothing fits raises ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .geometry import Grid
+from .program import ConvPass, Program, WholePass
+
+MIN_TILE = 8  # rows / columns below which the planner does not cut (users may, with tiles=)
+LEAN_FRACTION = 8
+LEAN_FLOOR = 16 * 2**20
+MiB = 2**20
+
+
+@dataclass
+class Plan:
+    batch: int  # samples per sweep
+    grids: list[Grid]  # per value
+    tiers: list[str]  # per value: "device" or "host"
+    stats: list[bool]  # per value: whether its producer computes group-norm statistics
+    estimate: int  # modelled peak bytes on the compute device
+    budget: int | None
+    shapes: list[tuple[int, int, int]]
+    itemsize: int
+
+    def describe(self) -> str:
+        """One line per resolution: size, channels, tiles, where it lives."""
+        levels: dict[tuple[int, int], list[int]] = {}
+        for v, (c, h, w) in enumerate(self.shapes[1:], start=1):
+            levels.setdefault((h, w), []).append(v)
+        budget = "lean (no fixed budget)" if self.budget is None else f"{self.budget / MiB:.0f} MiB"
+        lines = [f"budget {budget}; modelled peak {self.estimate / MiB:.0f} MiB; {self.batch} sample(s) per sweep"]
+        for (h, w), values in sorted(levels.items(), key=lambda kv: -kv[0][0] * kv[0][1]):
+            grids = {self.grids[v].shape for v in values}
+            tiers = {self.tiers[v] for v in values}
+            largest = max(self.shapes[v][0] for v in values)
+            tile = " / ".join(f"{r}x{c}" for r, c in sorted(grids))
+            lines.append(f"  {h}x{w}: up to {largest} channels, tiles {tile}, on {'+'.join(sorted(tiers))}")
+        return "\n".join(lines)
+
+
+class MemoryModel:
+    def __init__(self, program: Program, shapes, itemsize: int, device_type: str):
+        self.program, self.shapes, self.itemsize = program, shapes, itemsize
+        self.cpu = device_type != "cuda"
+
+    def value_bytes(self, v: int, batch: int) -> int:
+        c, h, w = self.shapes[v]
+        return batch * c * h * w * self.itemsize
+
+    def conv_working_set(self, p: ConvPass, th: int, tw: int, batch: int, grids, tiers) -> int:
+        c_in, h_in, w_in = self.shapes[p.src]
+        c_out = self.shapes[p.dst][0]
+        whole = (th, tw) == self.shapes[p.dst][1:]
+        if p.conv.upsample:
+            wh, ww = min(th // 2 + 2, h_in), min(tw // 2 + 2, w_in)
+            conv_in = 4 * wh * ww
+        else:
+            (kh, kw), (sh, sw) = p.conv.kernel, p.conv.stride
+            wh, ww = min((th - 1) * sh + kh, h_in), min((tw - 1) * sw + kw, w_in)
+            conv_in = wh * ww
+        unit = batch * self.itemsize
+        window = unit * c_in * wh * ww
+        src_tiles = grids[p.src].count if p.src < len(grids) and grids[p.src] is not None else 1
+        if whole:  # plain ops: the gathered input (unless one tile), then the normalised copy
+            window = (window if src_tiles > 1 else 0) + (window if p.norm is not None else 0)
+        upsampled = unit * c_in * conv_in if p.conv.upsample and self.cpu else 0
+        scratch = unit * c_in * conv_in
+        out = unit * c_out * th * tw
+        total = window + upsampled + scratch + 2 * out
+        if self.itemsize < 4:
+            total += batch * c_out * th * tw * 4
+        if p.residual is not None and p.residual.shortcut is not None:
+            k = p.residual.shortcut.kernel_size[0]
+            total += out + unit * self.shapes[p.skip][0] * (th + k - 1) * (tw + k - 1)
+        if tiers[p.src] == "host":
+            total += window
+        if tiers[p.dst] == "host":
+            total += out
+        return total
+
+    def whole_working_set(self, p: WholePass, batch: int, grids) -> int:
+        c, h, w = self.shapes[p.src]
+        size = self.value_bytes(p.src, batch)
+        gathered = size if grids[p.src] is not None and grids[p.src].count > 1 else 0
+        return gathered + p.layer.memory(size, batch, h * w)
+
+    def in_place(self, index: int, p, grids, tiers) -> bool:
+        """Whether pass ``index`` writes its residual sum over its dead input."""
+        return (isinstance(p, ConvPass) and p.skip not in (None, 0, p.src) and p.residual.shortcut is None
+                and self.program.last_use[p.skip] == index and tiers[p.skip] == tiers[p.dst]
+                and (tiers[p.dst] == "host" or grids[p.skip] == grids[p.dst]))
+
+    def peak(self, batch: int, grids, tiers) -> int:
+        program = self.program
+        peak = 0
+        for index, p in enumerate(program.passes):
+            live = sum(self.value_bytes(v, batch) for v in range(1, p.dst)
+                       if program.last_use[v] >= index and tiers[v] == "device")
+            if tiers[p.dst] == "device" and not self.in_place(index, p, grids, tiers):
+                live += self.value_bytes(p.dst, batch)
+            if isinstance(p, WholePass):
+                work = self.whole_working_set(p, batch, grids)
+            else:
+                th, tw = grids[p.dst].largest_tile
+                work = self.conv_working_set(p, th, tw, batch, grids, tiers)
+            peak = max(peak, live + work)
+        return peak
+
+
+def _grid(model: MemoryModel, p, target: int | None, batch: int, grids, tiers, bands_only: bool) -> Grid | None:
+    """The coarsest grid (row bands first, halving) whose working set is within ``target``;
+    ``target=None``: the finest the planner cuts (tiles of :data:`MIN_TILE`)."""
+    _, height, width = model.shapes[p.dst]
+    if isinstance(p, WholePass):
+        return Grid.even(height, width)
+    rows = cols = 1
+    while True:
+        th, tw = math.ceil(height / rows), math.ceil(width / cols)
+        if target is not None and model.conv_working_set(p, th, tw, batch, grids, tiers) <= target:
+            return Grid.even(height, width, rows, cols)
+        if th > MIN_TILE and rows < height:
+            rows = min(rows * 2, height)
+        elif not bands_only and tw > MIN_TILE and cols < width:
+            cols = min(cols * 2, width)
+        else:
+            return Grid.even(height, width, rows, cols) if target is None else None
+
+
+def grids_for(model: MemoryModel, target: int | None, batch: int, tiers, fixed=None) -> list[Grid] | None:
+    """A grid per value (``fixed = (rows, cols)`` cuts every value so; ``target=None``: the
+    smallest tiles), or None if some pass cannot get within ``target`` even with the smallest."""
+    grids: list[Grid | None] = [None] * (len(model.shapes))
+    grids[0] = Grid.even(*model.shapes[0][1:])
+    for p in model.program.passes:
+        _, h, w = model.shapes[p.dst]
+        if fixed is not None:
+            grid = Grid.even(h, w) if isinstance(p, WholePass) else Grid.even(h, w, *fixed)
+        else:
+            grid = _grid(model, p, target, batch, grids, tiers, bands_only=tiers[p.dst] == "host")
+        if grid is None:
+            return None
+        grids[p.dst] = grid
+    return grids
+
+
+def needs_stats(program: Program, grids) -> list[bool]:
+    """A value needs merged statistics when a pass normalising it is cut into tiles."""
+    stats = [False] * (len(program.passes) + 1)
+    for p in program.passes:
+        if isinstance(p, ConvPass) and p.norm is not None and grids[p.dst].count > 1:
+            stats[p.src] = True
+    return stats
+
+
+def _tier_options(model: MemoryModel, storage: str, cuda: bool) -> list[list[str]]:
+    """Tier assignments to try, in order: all on the device, then (CUDA) the largest
+    resolutions on the host one level at a time. The output stays on the device."""
+    n = len(model.shapes)
+    output = n - 1
+    if storage == "host":
+        return [["device" if v in (0, output) else "host" for v in range(n)]]
+    options = [["device"] * n]
+    if storage == "device" or not cuda:
+        return options
+    areas = sorted({h * w for _, h, w in model.shapes[1:output]}, reverse=True)
+    for threshold in areas:
+        options.append(["host" if 0 < v < output and model.shapes[v][1] * model.shapes[v][2] >= threshold
+                        else "device" for v in range(n)])
+    return options
+
+
+def make_plan(program: Program, shapes, itemsize: int, device_type: str, total_batch: int, *,
+              budget: int | None, tiles=None, storage: str = "auto", batch: int | None = None) -> Plan:
+    """The plan for ``total_batch`` samples of ``shapes[0]``; see the module docstring."""
+    model = MemoryModel(program, shapes, itemsize, device_type)
+    largest = max(model.value_bytes(v, 1) for v in range(1, len(shapes)))
+    batches = [batch] if batch is not None else _halvings(total_batch)
+
+    def finish(b, grids, tiers) -> Plan:
+        estimate = model.peak(b, grids, tiers)
+        if b < total_batch:
+            estimate += model.value_bytes(program.output, total_batch)
+        return Plan(b, grids, tiers, needs_stats(program, grids), estimate, budget, shapes, itemsize)
+
+    options = _tier_options(model, storage, device_type == "cuda")
+    if budget is None:  # lean: small temporaries, everything on the device unless told otherwise
+        b = batches[0]
+        target = max(largest * b // LEAN_FRACTION, LEAN_FLOOR)
+        grids = grids_for(model, target, b, options[0], tiles) or grids_for(model, None, b, options[0])
+        return finish(b, grids, options[0])
+    smallest = None
+    for tiers in options:
+        for b in batches:
+            floor = finish(b, grids_for(model, None, b, tiers, tiles), tiers)  # the smallest tiles
+            if floor.estimate > budget:
+                if smallest is None or floor.estimate < smallest.estimate:
+                    smallest = floor
+                continue
+            if tiles is not None:
+                return floor
+            top = 8 * largest * b  # from whole tensors down: the first plan that fits
+            for k in range(64):
+                grids = grids_for(model, top >> k, b, tiers)
+                if grids is not None:
+                    plan = finish(b, grids, tiers)
+                    if plan.estimate <= budget:
+                        return plan
+            return floor
+    need = "" if smallest is None else f"; the smallest plan needs about {smallest.estimate / MiB:.1f} MiB " \
+        f"({smallest.batch} sample(s) per sweep, tiles down to {MIN_TILE} pixels" \
+        f"{', largest activations in host memory' if 'host' in smallest.tiers else ''})"
+    raise ValueError(f"budget of {budget} bytes ({budget / MiB:.1f} MiB) is too small to hold one tile of this "
+                     f"input ({total_batch}x{shapes[0][0]}x{shapes[0][1]}x{shapes[0][2]}, {itemsize}-byte elements) "
+                     f"on {device_type}{need}")
+
+
+def _halvings(n: int) -> list[int]:
+    out = [n]
+    while out[-1] > 1:
+        out.append(math.ceil(out[-1] / 2))
+    return out
