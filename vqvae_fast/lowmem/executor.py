@@ -30,7 +30,7 @@ from ..ops import group_norm_silu
 from . import geometry
 from .planner import Plan
 from .program import ConvPass, Program, WholePass
-from .stats import ChannelMoments
+from .stats import GroupMoments
 from .storage import DeviceStore, HostStore
 
 
@@ -77,10 +77,8 @@ class Executor:
         self.batch = x.shape[0]
         stores: list = [None] * (len(program.passes) + 1)
         stores[0] = DeviceStore.holding(x)
-        moments: dict[int, ChannelMoments] = {}
-        if plan.stats[0]:
-            moments[0] = ChannelMoments()
-            moments[0].add(x)
+        moments: dict[int, GroupMoments] = {}
+        self.record_stats(0, moments, x)
         for index, p in enumerate(program.passes):
             if isinstance(p, WholePass):
                 self.whole_pass(p, stores, moments)
@@ -116,7 +114,7 @@ class Executor:
 
     def record_stats(self, v: int, moments, tile: torch.Tensor) -> None:
         if self.plan.stats[v]:
-            moments.setdefault(v, ChannelMoments()).add(tile)
+            moments.setdefault(v, GroupMoments(self.plan.stats[v])).add(tile)
 
     # -- convolutions ------------------------------------------------------------------------------
     def conv(self, x: torch.Tensor, module, stride, pads) -> torch.Tensor:
@@ -212,11 +210,11 @@ class Executor:
         tiles = list(grid.tiles())
 
         def fetch(t):
-            region, _ = window(*t)
+            region, pads = window(*t)
             skip = None
             if skip_store is not None:
                 skip = skip_store.fetch(*skip_window_of(*t)[0])
-            return src.fetch(*region), skip
+            return src.fetch(*region, pads=pads if pads and src.folds(pads) else None), skip
 
         pending = fetch(tiles[0])
         for number, (i, j) in enumerate(tiles):
@@ -231,7 +229,7 @@ class Executor:
                     y = y[:, :, r0 - 2 * a:r1 - 2 * a, c0 - 2 * ca:c1 - 2 * ca].contiguous(
                         memory_format=_memory_format(x))
             else:
-                y = self.conv(x, conv.module, conv.stride, pads)
+                y = self.conv(x, conv.module, conv.stride, (0, 0, 0, 0) if src.folds(pads) else pads)
             del x
             skip_window = skip_pads = None
             if pending[1] is not None:

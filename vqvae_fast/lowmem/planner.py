@@ -15,7 +15,7 @@ The memory model (bytes on the compute device, beyond the weights and the caller
 * a :class:`~.layers.Whole` pass (attention) adds what its adapter says it allocates.
 
 The peak is the maximum over passes of storage + working set. With no fixed budget ("lean") the
-working set of every pass is held near 1/8 of the largest value (at least 16 MiB), so the peak
+working set of every pass is held near 1/3 of the largest value (at least 16 MiB), so the peak
 is about two of the largest activations (a ResnetBlock's input and its first convolution's
 output) plus that. With a budget, the plan with the largest tiles that fits is chosen, trying in
 order: all values on the device with the whole batch; fewer samples per sweep; then (CUDA) the
@@ -28,10 +28,11 @@ import math
 from dataclasses import dataclass
 
 from .geometry import Grid
+from .layers import Unsupported
 from .program import ConvPass, Program, WholePass
 
 MIN_TILE = 8  # rows / columns below which the planner does not cut (users may, with tiles=)
-LEAN_FRACTION = 8
+LEAN_FRACTION = 3
 LEAN_FLOOR = 16 * 2**20
 MiB = 2**20
 
@@ -41,7 +42,7 @@ class Plan:
     batch: int  # samples per sweep
     grids: list[Grid]  # per value
     tiers: list[str]  # per value: "device" or "host"
-    stats: list[bool]  # per value: whether its producer computes group-norm statistics
+    stats: list[int]  # per value: groups of the statistics its producer merges (0: none)
     estimate: int  # modelled peak bytes on the compute device
     budget: int | None
     shapes: list[tuple[int, int, int]]
@@ -168,12 +169,15 @@ def grids_for(model: MemoryModel, target: int | None, batch: int, tiers, fixed=N
     return grids
 
 
-def needs_stats(program: Program, grids) -> list[bool]:
-    """A value needs merged statistics when a pass normalising it is cut into tiles."""
-    stats = [False] * (len(program.passes) + 1)
+def needs_stats(program: Program, grids) -> list[int]:
+    """A value needs merged statistics (for the groups of its norm) when a pass normalising it
+    is cut into tiles."""
+    stats = [0] * (len(program.passes) + 1)
     for p in program.passes:
         if isinstance(p, ConvPass) and p.norm is not None and grids[p.dst].count > 1:
-            stats[p.src] = True
+            if stats[p.src] not in (0, p.norm.module.num_groups):
+                raise Unsupported("a tensor normalised by two group norms with different group counts")
+            stats[p.src] = p.norm.module.num_groups
     return stats
 
 

@@ -63,27 +63,41 @@ class DeviceStore:
     def free(self) -> None:
         self.tiles.clear()
 
-    def fetch(self, r0: int, r1: int, c0: int, c1: int) -> "_Lazy":
-        return _Lazy(self, (r0, r1, c0, c1))
+    @staticmethod
+    def folds(pads) -> bool:
+        """Whether a window gathered with ``pads`` comes with that zero padding built in (an
+        asymmetric padding, which the convolution would otherwise copy the window for)."""
+        return pads[0] != pads[1] or pads[2] != pads[3]
 
-    def gather(self, r0: int, r1: int, c0: int, c1: int, norm=None) -> torch.Tensor:
+    def fetch(self, r0: int, r1: int, c0: int, c1: int, pads=None) -> "_Lazy":
+        return _Lazy(self, (r0, r1, c0, c1), pads)
+
+    def gather(self, r0: int, r1: int, c0: int, c1: int, norm=None, pads=None) -> torch.Tensor:
+        """The window ``[r0, r1) x [c0, c1)``, normalised with ``norm``, surrounded by ``pads =
+        (left, right, top, bottom)`` zeros when given (zeros after normalisation, as the
+        convolution's own padding would be)."""
         pieces = list(self.grid.overlapping(r0, r1, c0, c1))
-        if norm is None and len(pieces) == 1:
+        if norm is None and pads is None and len(pieces) == 1:
             i, j, (a0, a1, b0, b1) = pieces[0]
             t0, _, u0, _ = self.grid.region(i, j)
             return self.tiles[(i, j)][:, :, a0 - t0:a1 - t0, b0 - u0:b1 - u0]  # a view, no copy
-        out = torch.empty((self.batch, self.channels, r1 - r0, c1 - c0), dtype=self.dtype, device=self.device,
-                          memory_format=self.memory_format)
+        left, right, top, bottom = pads or (0, 0, 0, 0)
+        out = torch.empty((self.batch, self.channels, top + r1 - r0 + bottom, left + c1 - c0 + right),
+                          dtype=self.dtype, device=self.device, memory_format=self.memory_format)
+        for strip in (out[:, :, :top], out[:, :, out.shape[2] - bottom:], out[:, :, :, :left],
+                      out[:, :, :, out.shape[3] - right:]):
+            if strip.numel():
+                strip.zero_()
         for i, j, (a0, a1, b0, b1) in pieces:
             t0, _, u0, _ = self.grid.region(i, j)
             src = self.tiles[(i, j)][:, :, a0 - t0:a1 - t0, b0 - u0:b1 - u0]
-            dst = out[:, :, a0 - r0:a1 - r0, b0 - c0:b1 - c0]
+            dst = out[:, :, top + a0 - r0:top + a1 - r0, left + b0 - c0:left + b1 - c0]
             if norm is None:
                 dst.copy_(src)
             else:
                 normalize_into(dst, src, norm[0], norm[1])
         if norm is not None and norm[2]:
-            silu_(out)
+            silu_(out)  # silu(0) = 0: the padding stays zero
         return out
 
     def whole(self) -> torch.Tensor:
@@ -94,13 +108,13 @@ class DeviceStore:
 class _Lazy:
     """A device window, gathered when asked for (nothing to overlap on one device)."""
 
-    __slots__ = ("store", "region")
+    __slots__ = ("store", "region", "pads")
 
-    def __init__(self, store: DeviceStore, region):
-        self.store, self.region = store, region
+    def __init__(self, store: DeviceStore, region, pads):
+        self.store, self.region, self.pads = store, region, pads
 
     def get(self, norm=None) -> torch.Tensor:
-        return self.store.gather(*self.region, norm=norm)
+        return self.store.gather(*self.region, norm=norm, pads=self.pads)
 
 
 class HostStore:
@@ -152,7 +166,11 @@ class HostStore:
     def free(self) -> None:
         self.rows = None
 
-    def fetch(self, r0: int, r1: int, c0: int, c1: int) -> "_Pending":
+    @staticmethod
+    def folds(pads) -> bool:
+        return False  # the convolution pads (without a copy on CUDA: padded_conv2d)
+
+    def fetch(self, r0: int, r1: int, c0: int, c1: int, pads=None) -> "_Pending":
         """Start copying rows ``[r0, r1)`` (all columns) to the device; columns are cut there."""
         cuda = self.copy_stream is not None
         with self._on_copy_stream():

@@ -1,0 +1,150 @@
+"""One decode or encode in a process of its own, reporting its peak memory and its time.
+
+Run by the ``lowmem`` benchmark once per (case, provider) so that each peak belongs to one case:
+``python -m vqvae_fast.benchmarks.memory_probe --config vqgan_imagenet_f16_16384 --resolution 512
+--stage decode --provider vqvae_fast-budget --budget 123456789`` prints one JSON line.
+
+Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` minus what was allocated before the
+call; on CPU the process's peak resident set (``VmHWM``, reset through ``/proc/self/clear_refs``
+after the model and input exist) minus its resident set then. The C library is told to return
+every large block to the system on free (``MALLOC_MMAP_THRESHOLD_``, set by the parent), so the
+resident set follows what is live. The first call at the case's size is the measured one (a
+small call before it loads the kernels); the later ones are timed.
+
+Providers: ``reference`` (``vqvae_fast.reference.VQModel``), ``vqvae_fast`` (the fast model),
+``vqvae_fast-lean`` (the fast model with ``memory_budget(model, "lean")``), ``vqvae_fast-budget``
+(the fast model within ``--budget`` bytes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+PROVIDERS = ("reference", "vqvae_fast", "vqvae_fast-lean", "vqvae_fast-budget")
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def build(config: str, provider: str, device, dtype, budget: int | None):
+    import torch
+
+    import vqvae_fast
+    from vqvae_fast import configs, reference
+
+    cfg = configs.get_config(config)
+    torch.manual_seed(0)
+    ref = reference.VQModel(cfg["ddconfig"], n_embed=cfg["n_embed"], embed_dim=cfg["embed_dim"])
+    if provider == "reference":
+        model = ref
+    else:
+        model = vqvae_fast.VQModel(cfg["ddconfig"], n_embed=cfg["n_embed"], embed_dim=cfg["embed_dim"])
+        model.load_state_dict(ref.state_dict())
+        del ref
+    model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    if provider == "vqvae_fast-lean":
+        vqvae_fast.memory_budget(model, "lean")
+    elif provider == "vqvae_fast-budget":
+        vqvae_fast.memory_budget(model, budget)
+    return model
+
+
+def stage_input(model, stage: str, batch: int, resolution: int):
+    if stage == "decode":
+        f = model.encoder.downsampling_factor
+        return (batch, model.embed_dim, resolution // f, resolution // f)
+    return (batch, model.encoder.in_channels, resolution, resolution)
+
+
+def run(model, stage: str, x):
+    return model.decode(x) if stage == "decode" else model.encode(x)[0]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--resolution", type=int, required=True)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--stage", choices=("decode", "encode"), default="decode")
+    parser.add_argument("--provider", choices=PROVIDERS, required=True)
+    parser.add_argument("--budget", type=int, default=None)
+    parser.add_argument("--dtype", default="fp32")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--output", default=None, help="save the (first) result here (torch.save)")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from .device import TORCH_DTYPES
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device, dtype = torch.device(args.device), TORCH_DTYPES[args.dtype]
+    model = build(args.config, args.provider, device, dtype, args.budget)
+    gen = torch.Generator(device=device).manual_seed(0)
+    shape = stage_input(model, args.stage, args.batch, args.resolution)
+    x = torch.randn(shape, generator=gen, device=device, dtype=torch.float32).to(dtype)
+    small = torch.randn(stage_input(model, args.stage, 1, 64), device=device, dtype=torch.float32).to(dtype)
+    with torch.no_grad():
+        run(model, args.stage, small)  # loads kernels and libraries: not the case's memory
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device)
+        else:
+            reset = _reset_peak()
+            before = _status_kib("VmRSS")
+        start = time.perf_counter()
+        out = run(model, args.stage, x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            peak = torch.cuda.max_memory_allocated(device) - before
+        else:
+            hwm = _status_kib("VmHWM")
+            peak = None if before is None or hwm is None or not reset else (hwm - before) * 1024
+        times = [time.perf_counter() - start]
+        if args.output:
+            torch.save(out.cpu(), args.output)
+        del out
+        for _ in range(args.repeat - 1):
+            start = time.perf_counter()
+            run(model, args.stage, x)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - start)
+    plan = None
+    if args.provider in ("vqvae_fast-lean", "vqvae_fast-budget"):
+        from vqvae_fast.lowmem import last_plan
+
+        found = last_plan(model.decoder if args.stage == "decode" else model.encoder)
+        plan = None if found is None else {"describe": found.describe(), "estimate": found.estimate}
+    timed = times[1:] or times
+    json.dump({"peak_bytes": peak, "times_s": times, "median_s": statistics.median(timed), "plan": plan}, sys.stdout)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()
