@@ -219,6 +219,11 @@ def test_taming_model_before_and_after_accelerate():
         fast = vqvae_fast.accelerate(slow, inplace=False).model
         vqvae_fast.memory_budget(fast, "lean", tiles=(2, 2))
         assert rel(fast(x)[0], expected) <= 1e-4  # the accelerated model's own tolerance
+        vqvae_fast.memory_budget(slow, "lean", tiles=(3, 1))  # configured first, accelerated after:
+        vqvae_fast.accelerate(slow)  # the fast decoder keeps the configuration, runs its own blocks
+        assert isinstance(slow.decoder, vqvae_fast.Decoder) and "forward" not in slow.decoder.__dict__
+        assert rel(slow(x)[0], expected) <= 1e-4
+        assert last_plan(slow.decoder).grids[-1].shape == (3, 1)
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")

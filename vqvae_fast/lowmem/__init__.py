@@ -16,10 +16,10 @@ block type; ``adapters_taming``, ``adapters_diffusers``), ``program`` (layers to
 
 from __future__ import annotations
 
-from .install import LowMemoryConfig, LowMemoryModule, last_plan, memory_budget, plan
+from .install import LowMemoryConfig, LowMemoryModule, last_plan, memory_budget, minimum_budget, plan
 from .layers import Unsupported
 from .planner import Plan
 from .switches import TilingSwitches
 
 __all__ = ["LowMemoryConfig", "LowMemoryModule", "Plan", "TilingSwitches", "Unsupported", "last_plan",
-           "memory_budget", "plan"]
+           "memory_budget", "minimum_budget", "plan"]

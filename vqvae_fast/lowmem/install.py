@@ -221,6 +221,27 @@ def _cached_plan(module, program, x: torch.Tensor, config: LowMemoryConfig) -> P
     return plan
 
 
+def _describe_for_plan(module: nn.Module, shape):
+    found = adapters.find(module, containers_only=True)
+    if found is None:
+        raise ValueError(f"module ({type(module).__name__}) is not an encoder or decoder the executor knows")
+    program = compile_layers(found[1])
+    shape = V.check_int_tuple("shape", tuple(shape), 4, min_value=1)
+    return program, shape, program.shapes(shape[1:])
+
+
+def minimum_budget(module: nn.Module, shape, *, dtype: torch.dtype = torch.float32, device="cpu",
+                   storage: str = "auto", tiles=None, batch: int | None = None) -> int:
+    """The least memory (bytes, modelled) with which ``module`` can run an input of ``shape``
+    on ``device``: the smallest tiles, one sample per sweep, and on CUDA every large activation
+    in host memory. Slow; a lower bound for :func:`memory_budget`."""
+    make_config("lean", tiles, storage, batch)
+    program, shape, shapes = _describe_for_plan(module, shape)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    return make_plan(program, shapes, itemsize, torch.device(device).type, shape[0], budget=0,
+                     tiles=tiles, storage=storage, batch=batch).estimate
+
+
 def plan(module: nn.Module, shape, *, budget="lean", tiles=None, storage: str = "auto", batch: int | None = None,
          dtype: torch.dtype = torch.float32, device="cpu") -> Plan:
     """The plan an encoder / decoder would run for an input of ``shape`` (nothing runs).
@@ -231,14 +252,9 @@ def plan(module: nn.Module, shape, *, budget="lean", tiles=None, storage: str = 
                                    dtype=torch.float16, device="cuda")
         print(p.describe())
     """
-    found = adapters.find(module, containers_only=True)
-    if found is None:
-        raise ValueError(f"module ({type(module).__name__}) is not an encoder or decoder the executor knows")
     config = make_config(budget, tiles, storage, batch)
     device = torch.device(device)
-    program = compile_layers(found[1])
-    shape = V.check_int_tuple("shape", tuple(shape), 4, min_value=1)
-    shapes = program.shapes(shape[1:])
+    program, shape, shapes = _describe_for_plan(module, shape)
     itemsize = torch.empty((), dtype=dtype).element_size()
     resolved = config.budget if config.budget != budgets.AUTO else budgets.available(device)
     return make_plan(program, shapes, itemsize, device.type, shape[0],

@@ -47,6 +47,7 @@ class Plan:
     budget: int | None
     shapes: list[tuple[int, int, int]]
     itemsize: int
+    host_traffic: int = 0  # bytes copied between host and device per sweep
 
     def describe(self) -> str:
         """One line per resolution: size, channels, tiles, where it lives."""
@@ -55,6 +56,8 @@ class Plan:
             levels.setdefault((h, w), []).append(v)
         budget = "lean (no fixed budget)" if self.budget is None else f"{self.budget / MiB:.0f} MiB"
         lines = [f"budget {budget}; modelled peak {self.estimate / MiB:.0f} MiB; {self.batch} sample(s) per sweep"]
+        if self.host_traffic:
+            lines[0] += f"; {self.host_traffic / MiB:.0f} MiB copied to and from host memory per sweep"
         for (h, w), values in sorted(levels.items(), key=lambda kv: -kv[0][0] * kv[0][1]):
             grids = {self.grids[v].shape for v in values}
             tiers = {self.tiers[v] for v in values}
@@ -92,9 +95,7 @@ class MemoryModel:
         upsampled = unit * c_in * conv_in if p.conv.upsample and self.cpu else 0
         scratch = unit * c_in * conv_in
         out = unit * c_out * th * tw
-        total = window + upsampled + scratch + 2 * out
-        if self.itemsize < 4:
-            total += batch * c_out * th * tw * 4
+        total = window + upsampled + scratch + 2 * out  # the tile, and its statistics' (or crop's) copy
         if p.residual is not None and p.residual.shortcut is not None:
             k = p.residual.shortcut.kernel_size[0]
             total += out + unit * self.shapes[p.skip][0] * (th + k - 1) * (tw + k - 1)
@@ -116,20 +117,34 @@ class MemoryModel:
                 and self.program.last_use[p.skip] == index and tiers[p.skip] == tiers[p.dst]
                 and (tiers[p.dst] == "host" or grids[p.skip] == grids[p.dst]))
 
-    def peak(self, batch: int, grids, tiers) -> int:
+    def storage(self, index: int, p, batch: int, grids, tiers) -> int:
+        """Bytes of the values on the device while pass ``index`` runs (its output included)."""
         program = self.program
+        live = sum(self.value_bytes(v, batch) for v in range(1, p.dst)
+                   if program.last_use[v] >= index and tiers[v] == "device")
+        if tiers[p.dst] == "device" and not self.in_place(index, p, grids, tiers):
+            live += self.value_bytes(p.dst, batch)
+        return live
+
+    def host_traffic(self, batch: int, tiers) -> int:
+        """Bytes each sweep copies between host and device: every pass reads its host inputs in
+        and writes its host output out once (halos aside)."""
+        total = 0
+        for p in self.program.passes:
+            reads = [p.src] + ([p.skip] if isinstance(p, ConvPass) and p.skip is not None else [])
+            total += sum(self.value_bytes(v, batch) for v in reads if tiers[v] == "host")
+            total += self.value_bytes(p.dst, batch) if tiers[p.dst] == "host" else 0
+        return total
+
+    def peak(self, batch: int, grids, tiers) -> int:
         peak = 0
-        for index, p in enumerate(program.passes):
-            live = sum(self.value_bytes(v, batch) for v in range(1, p.dst)
-                       if program.last_use[v] >= index and tiers[v] == "device")
-            if tiers[p.dst] == "device" and not self.in_place(index, p, grids, tiers):
-                live += self.value_bytes(p.dst, batch)
+        for index, p in enumerate(self.program.passes):
             if isinstance(p, WholePass):
                 work = self.whole_working_set(p, batch, grids)
             else:
                 th, tw = grids[p.dst].largest_tile
                 work = self.conv_working_set(p, th, tw, batch, grids, tiers)
-            peak = max(peak, live + work)
+            peak = max(peak, self.storage(index, p, batch, grids, tiers) + work)
         return peak
 
 
@@ -152,20 +167,38 @@ def _grid(model: MemoryModel, p, target: int | None, batch: int, grids, tiers, b
             return Grid.even(height, width, rows, cols) if target is None else None
 
 
-def grids_for(model: MemoryModel, target: int | None, batch: int, tiers, fixed=None) -> list[Grid] | None:
-    """A grid per value (``fixed = (rows, cols)`` cuts every value so; ``target=None``: the
-    smallest tiles), or None if some pass cannot get within ``target`` even with the smallest."""
-    grids: list[Grid | None] = [None] * (len(model.shapes))
+def grids_for(model: MemoryModel, budget: int | None, batch: int, tiers, fixed=None) -> list[Grid] | None:
+    """A grid per value: ``fixed = (rows, cols)`` cuts every value so; else each pass gets the
+    coarsest grid whose working set fits what ``budget`` leaves beside the storage of that pass
+    (``budget=None``: the smallest tiles). None if some pass does not fit even so.
+
+    The values of one resolution then share the finest grid any of them got, so that a residual
+    sum can be written over its input tile by tile (which the storage above counts on)."""
+    unified = [None] * len(model.shapes)  # what in-place writing needs: equal grids per resolution
+    grids: list[Grid | None] = [None] * len(model.shapes)
     grids[0] = Grid.even(*model.shapes[0][1:])
+    cuts: dict[tuple[int, int], tuple[int, int]] = {}
+    for index, p in enumerate(model.program.passes):
+        _, h, w = model.shapes[p.dst]
+        if isinstance(p, WholePass):
+            grid = Grid.even(h, w)
+        elif fixed is not None:
+            grid = Grid.even(h, w, *fixed)
+        else:
+            allowance = None if budget is None else budget - model.storage(index, p, batch, unified, tiers)
+            if allowance is not None and allowance <= 0:
+                return None
+            grid = _grid(model, p, allowance, batch, grids, tiers, bands_only=tiers[p.dst] == "host")
+            if grid is None:
+                return None
+        grids[p.dst] = grid
+        if not isinstance(p, WholePass):
+            rows, cols = cuts.get((h, w), (1, 1))
+            cuts[(h, w)] = (max(rows, grid.shape[0]), max(cols, grid.shape[1]))
     for p in model.program.passes:
         _, h, w = model.shapes[p.dst]
-        if fixed is not None:
-            grid = Grid.even(h, w) if isinstance(p, WholePass) else Grid.even(h, w, *fixed)
-        else:
-            grid = _grid(model, p, target, batch, grids, tiers, bands_only=tiers[p.dst] == "host")
-        if grid is None:
-            return None
-        grids[p.dst] = grid
+        if not isinstance(p, WholePass) and grids[p.dst].shape != cuts[(h, w)]:
+            grids[p.dst] = Grid.even(h, w, *cuts[(h, w)])
     return grids
 
 
@@ -182,8 +215,9 @@ def needs_stats(program: Program, grids) -> list[int]:
 
 
 def _tier_options(model: MemoryModel, storage: str, cuda: bool) -> list[list[str]]:
-    """Tier assignments to try, in order: all on the device, then (CUDA) the largest
-    resolutions on the host one level at a time. The output stays on the device."""
+    """Tier assignments to try, in order: all on the device, then (CUDA) the largest values in
+    host memory, one more at a time (each costs a copy out and one in per reader). The input
+    and the output stay on the device."""
     n = len(model.shapes)
     output = n - 1
     if storage == "host":
@@ -191,16 +225,19 @@ def _tier_options(model: MemoryModel, storage: str, cuda: bool) -> list[list[str
     options = [["device"] * n]
     if storage == "device" or not cuda:
         return options
-    areas = sorted({h * w for _, h, w in model.shapes[1:output]}, reverse=True)
-    for threshold in areas:
-        options.append(["host" if 0 < v < output and model.shapes[v][1] * model.shapes[v][2] >= threshold
-                        else "device" for v in range(n)])
+    by_size = sorted(range(1, output), key=lambda v: -model.value_bytes(v, 1))
+    tiers = ["device"] * n
+    for v in by_size:
+        tiers = list(tiers)
+        tiers[v] = "host"
+        options.append(tiers)
     return options
 
 
 def make_plan(program: Program, shapes, itemsize: int, device_type: str, total_batch: int, *,
               budget: int | None, tiles=None, storage: str = "auto", batch: int | None = None) -> Plan:
-    """The plan for ``total_batch`` samples of ``shapes[0]``; see the module docstring."""
+    """The plan for ``total_batch`` samples of ``shapes[0]``; see the module docstring.
+    ``budget=0`` returns the smallest plan there is (the least memory, not the fastest)."""
     model = MemoryModel(program, shapes, itemsize, device_type)
     largest = max(model.value_bytes(v, 1) for v in range(1, len(shapes)))
     batches = [batch] if batch is not None else _halvings(total_batch)
@@ -209,38 +246,35 @@ def make_plan(program: Program, shapes, itemsize: int, device_type: str, total_b
         estimate = model.peak(b, grids, tiers)
         if b < total_batch:
             estimate += model.value_bytes(program.output, total_batch)
-        return Plan(b, grids, tiers, needs_stats(program, grids), estimate, budget, shapes, itemsize)
+        return Plan(b, grids, tiers, needs_stats(program, grids), estimate, budget, shapes, itemsize,
+                    model.host_traffic(b, tiers))
 
     options = _tier_options(model, storage, device_type == "cuda")
-    if budget is None:  # lean: small temporaries, everything on the device unless told otherwise
+    if budget is None:  # lean: the storage of the heaviest pass plus small temporaries
         b = batches[0]
-        target = max(largest * b // LEAN_FRACTION, LEAN_FLOOR)
-        grids = grids_for(model, target, b, options[0], tiles) or grids_for(model, None, b, options[0])
-        return finish(b, grids, options[0])
+        tiers = options[0]
+        lean = max(model.storage(i, p, b, [None] * len(shapes), tiers) for i, p in enumerate(program.passes))
+        lean += max(largest * b // LEAN_FRACTION, LEAN_FLOOR)
+        grids = grids_for(model, lean, b, tiers, tiles) or grids_for(model, None, b, tiers, tiles)
+        return finish(b, grids, tiers)
     smallest = None
     for tiers in options:
         for b in batches:
+            grids = grids_for(model, budget, b, tiers, tiles)
+            plan = finish(b, grids, tiers) if grids is not None else None
+            if plan is not None and plan.estimate <= budget:
+                return plan
             floor = finish(b, grids_for(model, None, b, tiers, tiles), tiers)  # the smallest tiles
-            if floor.estimate > budget:
-                if smallest is None or floor.estimate < smallest.estimate:
-                    smallest = floor
-                continue
-            if tiles is not None:
-                return floor
-            top = 8 * largest * b  # from whole tensors down: the first plan that fits
-            for k in range(64):
-                grids = grids_for(model, top >> k, b, tiers)
-                if grids is not None:
-                    plan = finish(b, grids, tiers)
-                    if plan.estimate <= budget:
-                        return plan
-            return floor
-    need = "" if smallest is None else f"; the smallest plan needs about {smallest.estimate / MiB:.1f} MiB " \
-        f"({smallest.batch} sample(s) per sweep, tiles down to {MIN_TILE} pixels" \
-        f"{', largest activations in host memory' if 'host' in smallest.tiers else ''})"
-    raise ValueError(f"budget of {budget} bytes ({budget / MiB:.1f} MiB) is too small to hold one tile of this "
-                     f"input ({total_batch}x{shapes[0][0]}x{shapes[0][1]}x{shapes[0][2]}, {itemsize}-byte elements) "
-                     f"on {device_type}{need}")
+            if smallest is None or floor.estimate < smallest.estimate:
+                smallest = floor
+    if budget == 0:
+        return smallest
+    tiles_text = f"tiles of {tiles[0]}x{tiles[1]} per resolution" if tiles else f"tiles down to {MIN_TILE} pixels"
+    raise ValueError(
+        f"budget of {budget} bytes ({budget / MiB:.1f} MiB) is too small to hold one tile of this input "
+        f"({total_batch}x{shapes[0][0]}x{shapes[0][1]}x{shapes[0][2]}, {itemsize}-byte elements) on {device_type}; "
+        f"the smallest plan needs about {smallest.estimate / MiB:.1f} MiB ({smallest.batch} sample(s) per sweep, "
+        f"{tiles_text}{', the largest activations in host memory' if 'host' in smallest.tiers else ''})")
 
 
 def _halvings(n: int) -> list[int]:

@@ -37,17 +37,10 @@ class GroupMoments:
 
     def add(self, tile: torch.Tensor) -> None:
         """Merge a ``(N, C, h, w)`` tile (NCHW or channels-last) into the running moments."""
-        n, channels, height, width = tile.shape
-        count = channels // self.groups * height * width
+        count = tile.shape[1] // self.groups * tile.shape[2] * tile.shape[3]
         if count == 0:
             return
-        wide = tile.to(_stats_dtype(tile.dtype))  # no copy for float32 / float64
-        if not wide.is_contiguous() and (wide.is_cuda or not wide.is_contiguous(memory_format=torch.channels_last)):
-            wide = wide.contiguous()
-        # ATen's group-norm reduction (its normalised output is not used): far faster on CPU
-        # than torch.var_mean, and the same Welford statistics the plain group norm computes
-        _, mean, rstd = torch.native_group_norm(wide, None, None, n, channels, height * width, self.groups, 0.0)
-        mean, m2 = mean.double(), rstd.double().pow(-2) * count  # rstd = inf for a constant group
+        mean, m2 = _tile_moments(tile, self.groups)
         if self.mean is None:
             self.count, self.mean, self.m2 = count, mean, m2
             return
@@ -74,6 +67,42 @@ class GroupMoments:
             shift = shift + norm.bias.double()
         out = _stats_dtype(dtype)
         return scale.to(out).view(n, channels, 1, 1), shift.to(out).view(n, channels, 1, 1)
+
+
+def _tile_moments(tile: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-(sample, group) mean and M2 of one tile, float64, ``(N, G)`` each.
+
+    16-bit tiles are widened a quarter of the groups at a time (the float32 copy stays within
+    half the tile's size). On CPU the reduction is ATen's group norm (its output unused: far
+    faster there than ``torch.var_mean``); on CUDA per-channel ``var_mean`` (no layout
+    constraint, no output written), the channels of a group merged like tiles are.
+    """
+    n, channels = tile.shape[:2]
+    per_group = channels // groups
+    wide_dtype = _stats_dtype(tile.dtype)
+    parts = 4 if wide_dtype != tile.dtype and groups % 4 == 0 else 1
+    step = groups // parts
+    means, m2s = [], []
+    for g0 in range(0, groups, step):
+        part = tile[:, g0 * per_group:(g0 + step) * per_group].to(wide_dtype)
+        if part.is_cuda:
+            var_c, mean_c = torch.var_mean(part, dim=(2, 3), correction=0)  # (N, C_part)
+            mean_c, var_c = mean_c.double().view(n, step, per_group), var_c.double().view(n, step, per_group)
+            mean = mean_c.mean(dim=2)
+            positions = part.shape[2] * part.shape[3]
+            m2 = positions * (var_c.sum(dim=2) + (mean_c - mean[:, :, None]).square().sum(dim=2))
+        else:
+            if not part.is_contiguous() and not part.is_contiguous(memory_format=torch.channels_last):
+                part = part.contiguous()
+            _, mean, rstd = torch.native_group_norm(part, None, None, n, part.shape[1],
+                                                    part.shape[2] * part.shape[3], step, 0.0)
+            count = per_group * part.shape[2] * part.shape[3]
+            mean, m2 = mean.double(), rstd.double().pow(-2) * count  # rstd = inf for a constant group
+        means.append(mean)
+        m2s.append(m2)
+    if parts == 1:
+        return means[0], m2s[0]
+    return torch.cat(means, dim=1), torch.cat(m2s, dim=1)
 
 
 def normalize_into(out: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> None:
