@@ -13,8 +13,8 @@ Providers (``memory_probe.py`` runs each once per case, so that every peak belon
                        memory the decode can run in.
 
 Peak memory: ``torch.cuda.max_memory_allocated`` on CUDA; the process's peak resident set beyond
-what it held before the call on CPU (the C library returning large blocks on free). Time: the
-median of the runs after the measured one (the measured one is ``first_call_ms``). The error is
+what it held before the call on CPU (glibc returning large blocks on free during that call). Time:
+the median of the runs after the measured one (the measured one is ``first_call_ms``). The error is
 against the fp64 reference model, computed in this process; the note adds each peak in units of
 the largest activation of the decode (``C x H x W`` of the largest tensor the decoder holds).
 """
@@ -138,8 +138,7 @@ class LowMemBench(VQModelBench):
             args += ["--budget", str(budget)]
         if output:
             args += ["--output", out_path]
-        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")  # large blocks go back on free
-        done = subprocess.run(args, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, env=env)
+        done = subprocess.run(args, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
         if done.returncode != 0:
             lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
             raise RuntimeError(lines[-1] if lines else f"memory probe exited with {done.returncode}")

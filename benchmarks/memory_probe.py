@@ -7,9 +7,10 @@ may come from a file, ``--input``, and the first result go to one, ``--output``)
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` minus what was allocated before the
 call; on CPU the process's peak resident set (``VmHWM``, reset through ``/proc/self/clear_refs``
-after the model and input exist) minus its resident set then. The C library is told to return
-every large block to the system on free (``MALLOC_MMAP_THRESHOLD_``, set by the parent), so the
-resident set follows what is live. The first call at the case's size is the measured one (a
+after the model and input exist) minus its resident set then. Until that call ends glibc's malloc
+is told to return every block over 128 KiB to the system on free (``mallopt(M_MMAP_THRESHOLD)``,
+from the start of the process), so the resident set follows what is live; the timed calls after it run with the 32 MiB threshold glibc
+settles at by itself (blocks below it are reused without new page faults, as in a long run). The first call at the case's size is the measured one (a
 small call before it loads the kernels); the later ones are timed.
 
 Providers: ``reference`` (``vqvae_fast.reference.VQModel``), ``vqvae_fast`` (the fast model),
@@ -38,6 +39,20 @@ def _status_kib(field: str) -> int | None:
     except OSError:
         return None
     return None
+
+
+_M_MMAP_THRESHOLD = -3
+
+
+def _mmap_threshold(size: int) -> bool:
+    """Set glibc's mmap threshold (blocks above it go back to the system on free); False where
+    there is no glibc."""
+    try:
+        import ctypes
+
+        return bool(ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, size))
+    except (OSError, AttributeError):
+        return False
 
 
 def _reset_peak() -> bool:
@@ -118,6 +133,7 @@ def main(argv=None) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    exact = args.device == "cpu" and _mmap_threshold(128 * 2**10)  # from the start: no freed heap to reuse
     device, dtype = torch.device(args.device), TORCH_DTYPES[args.dtype]
     model = build(args.config, args.provider, device, dtype)
     gen = torch.Generator(device=device).manual_seed(0)
@@ -136,7 +152,7 @@ def main(argv=None) -> None:
             torch.cuda.reset_peak_memory_stats(device)
             before = torch.cuda.memory_allocated(device)
         else:
-            reset = _reset_peak()
+            reset = _reset_peak() and exact
             before = _status_kib("VmRSS")
         start, cpu_start = time.perf_counter(), time.process_time()
         out = run(model, args.stage, x)
@@ -147,6 +163,8 @@ def main(argv=None) -> None:
             hwm = _status_kib("VmHWM")
             peak = None if before is None or hwm is None or not reset else (hwm - before) * 1024
         times, cpu_times = [time.perf_counter() - start], [time.process_time() - cpu_start]
+        if device.type != "cuda":
+            _mmap_threshold(32 * 2**20)
         if args.output:
             torch.save(out.cpu(), args.output)
         del out

@@ -116,6 +116,18 @@ def test_budgets_pick_a_plan_that_fits_or_raise():
             model.decode(z)
 
 
+def test_the_least_memory_plan_runs():
+    model = small_model("f8")
+    z = latent(model, rows=3, cols=5, batch=2)
+    with torch.no_grad():
+        expected = model.decode(z)
+        smallest = vqvae_fast.lowmem.minimum_budget(model.decoder, (2, 8, 3, 5))  # post_quant_conv: 8 channels
+        assert smallest < vqvae_fast.lowmem.plan(model.decoder, (2, 8, 3, 5), budget="lean").estimate
+        vqvae_fast.memory_budget(model, smallest)
+        assert rel(model.decode(z), expected) <= 1e-5
+    assert last_plan(model.decoder).batch == 1
+
+
 def test_switches_on_our_models():
     model = small_model("f16", vqvae_fast.AutoencoderKL)
     z, x = torch.randn(3, 4, 5, 6), torch.randn(3, 3, 32, 48)
@@ -141,7 +153,8 @@ def test_autograd_runs_the_plain_forward():
     twin = copy.deepcopy(model)
     vqvae_fast.memory_budget(model, "lean", tiles=(2, 2))
     z = latent(model, rows=4, cols=4)
-    model.decode(z).square().mean().backward()
+    with pytest.warns(UserWarning, match="plain forward while autograd records"):
+        model.decode(z).square().mean().backward()
     twin.decode(z).square().mean().backward()
     assert last_plan(model.decoder) is None  # the executor never ran
     for (name, a), b in zip(model.named_parameters(), twin.parameters()):
@@ -191,6 +204,11 @@ def test_diffusers_autoencoder_kl_is_exact_where_its_own_tiling_is_not():
         tiled, tiled_posterior = vae.decode(z).sample, vae.encode(x).latent_dist.mean
     assert rel(tiled, expected) <= 1e-5 and rel(tiled_posterior, posterior) <= 1e-5
     assert rel(blended, expected) > 100 * rel(tiled, expected)
+    twin = copy.deepcopy(vae)  # the configuration follows copies (and pickles) to the new modules
+    assert twin.decoder.forward.module is twin.decoder
+    with torch.no_grad():
+        torch.testing.assert_close(twin.decode(z).sample, tiled)
+    assert last_plan(twin.decoder) is not None
     vqvae_fast.memory_budget(vae, None)
     assert "forward" not in vae.decoder.__dict__
 

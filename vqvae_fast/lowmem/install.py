@@ -13,6 +13,7 @@ accept (dropout inactive). Otherwise the plain ``forward`` runs: training keeps 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -166,6 +167,9 @@ def _applicable(module: nn.Module, x) -> bool:
     if torch.compiler.is_compiling() or torch.is_autocast_enabled(x.device.type):
         return False
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters())):
+        warnings.warn("a module configured by vqvae_fast.memory_budget runs its plain forward while autograd "
+                      "records (call it under torch.no_grad() or torch.inference_mode() for bounded memory)",
+                      stacklevel=4)
         return False
     return True
 

@@ -265,6 +265,8 @@ def make_plan(program: Program, shapes, itemsize: int, device_type: str, total_b
             if plan is not None and plan.estimate <= budget:
                 return plan
             floor = finish(b, grids_for(model, None, b, tiers, tiles), tiers)  # the smallest tiles
+            if floor.estimate <= budget:
+                return floor
             if smallest is None or floor.estimate < smallest.estimate:
                 smallest = floor
     if budget == 0:
