@@ -56,8 +56,14 @@ class Program:
         return [p for p in self.passes if p.src == value or (isinstance(p, ConvPass) and p.skip == value)]
 
     def shapes(self, input_shape: tuple[int, int, int]) -> list[tuple[int, int, int]]:
-        """``(C, H, W)`` of every value for an input of ``(C, H, W)``; raises ``ValueError`` where
-        a layer cannot take what it is given."""
+        """``(C, H, W)`` of every value for an input of ``(C, H, W)``; raises ``ValueError``
+        (naming the input's shape) where a layer cannot take what it is given."""
+        try:
+            return self._shapes(tuple(input_shape))
+        except ValueError as err:
+            raise ValueError(f"input of shape (N, {', '.join(map(str, input_shape))}): {err}") from None
+
+    def _shapes(self, input_shape: tuple[int, int, int]) -> list[tuple[int, int, int]]:
         shapes = [tuple(input_shape)]
         for p in self.passes:
             channels, height, width = shapes[p.src]
