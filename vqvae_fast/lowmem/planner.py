@@ -8,18 +8,21 @@ The memory model (bytes on the compute device, beyond the weights and the caller
 * **working set** of ``p`` for one output tile of ``th x tw``: the input window (halo included;
   normalised into a new buffer while loading), the 2x2-upsampled window where upsampling is
   interpolation (CPU), one more input window for padding copies, layout reorders and the
-  convolution's workspace, the output tile twice (a reorder or a crop, the float32 copy for
-  statistics of 16-bit tiles), a shortcut convolution's window and output, and, with host
+  convolution's workspace, the output tile twice (the tile, and the copy its statistics, a
+  reorder or a crop make), a shortcut convolution's window and output, and, with host
   storage, the next window arriving while this one computes and the last tile leaving. A pass
   whose output is one tile runs the plain ops on whole tensors (the same terms, whole-sized).
 * a :class:`~.layers.Whole` pass (attention) adds what its adapter says it allocates.
 
-The peak is the maximum over passes of storage + working set. With no fixed budget ("lean") the
-working set of every pass is held near 1/3 of the largest value (at least 16 MiB), so the peak
-is about two of the largest activations (a ResnetBlock's input and its first convolution's
-output) plus that. With a budget, the plan with the largest tiles that fits is chosen, trying in
-order: all values on the device with the whole batch; fewer samples per sweep; then (CUDA) the
-largest resolutions kept in pinned host memory. A budget nothing fits raises ``ValueError``.
+The peak is the maximum over passes of storage + working set. Each pass gets the coarsest grid
+(row bands first, then columns, halving down to :data:`MIN_TILE`) whose working set fits what
+the budget leaves beside that pass's storage, and the values of one resolution share the finest
+grid any of them got. With no fixed budget ("lean") the budget is the heaviest pass's storage
+plus 1/3 of the largest value (at least 16 MiB): about two of the largest activations (a
+ResnetBlock's input and its first convolution's output) plus small tiles. With a budget, the
+first plan that fits is chosen, trying in order: all values on the device with the whole batch;
+fewer samples per sweep; then (CUDA) the largest values kept in pinned host memory, one more at a
+time. A budget nothing fits raises ``ValueError`` with the least the input needs.
 """
 
 from __future__ import annotations

@@ -19,8 +19,9 @@ class TilingSwitches:
     def enable_tiling(self, max_memory="lean", *, tiles=None, storage: str = "auto") -> None:
         """Decode / encode in exact tiles: within ``max_memory`` bytes (``"auto"``: the free
         device memory; ``"lean"``, the default: small temporaries, about two of the largest
-        activations in all), or cut ``tiles=(rows, cols)`` at every resolution. See
-        :func:`vqvae_fast.memory_budget`."""
+        activations in all; also ``None``), or cut ``tiles=(rows, cols)`` at every resolution.
+        See :func:`vqvae_fast.memory_budget`."""
+        max_memory = budgets.LEAN if max_memory is None else max_memory
         make_config(max_memory, tiles, storage)  # checks the arguments before anything changes
         self.__dict__[_TILING] = (budgets.parse(max_memory), tiles, storage)
         self._apply_low_memory()
