@@ -60,6 +60,9 @@ class Runner:
     backend: str
     grads_to_common: Callable[[list], list] = lambda grads: grads
     scope: Callable[[], ContextManager] = contextlib.nullcontext  # entered around every call
+    # A provider that measures itself (in a process of its own, lowmem.py): returns a dict with
+    # "times_s" (timed runs), "first_call_s", "peak_bytes", "output" and "note"; fn is not called.
+    measured: Callable[[], dict] | None = None
 
 
 def make_generator(device: torch.device, seed: int) -> torch.Generator:

@@ -27,6 +27,9 @@ Dims per op:
                      size ``jpeg`` (height, width): the dataset tokenizer end to end.
 ``overhead``         the dims of the op named by ``target`` in ``params``, tiny: the cost of a
                      call beyond its work (``overhead.py``); in every set.
+``lowmem``           ``(batch, resolution)`` plus ``config``: a decode's peak memory and time,
+                     plain and within memory budgets, each provider in a process of its own
+                     (``lowmem.py``).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 OPS = ("group_norm_silu", "spatial_attention", "codebook_argmin", "padded_conv2d", "vqmodel", "icetk", "tokenize",
-       "overhead")
+       "overhead", "lowmem")
 SETS = ("quick", "full", "cpu", "tiny")
 DTYPES = ("fp32", "fp16", "bf16")
 MODES = ("forward", "backward", "forward+backward")
@@ -145,6 +148,14 @@ SHAPES: tuple[Shape, ...] = (
     _s("tokenize", (48, 32, 8, 1), "tiny config tokenizing 48 JPEGs of 48x40 to 32², batch 8, 1 worker", "cpu",
        config="tiny", jpeg=(40, 48)),
     _s("tokenize", (8, 32, 4, 1), "tiny config tokenizing 8 JPEGs", "tiny", config="tiny", jpeg=(40, 48)),
+    # lowmem: a decode's peak memory and time, plain and within memory budgets
+    _s("lowmem", (1, 1024), "f16 VQGAN decode to 1024²: peak memory", "quick", "full", config=F16, stage="decode"),
+    _s("lowmem", (1, 1024), "vq_f8 decode to 1024²: peak memory", "quick", "full", config="vq_f8", stage="decode"),
+    _s("lowmem", (1, 2048), "f16 VQGAN decode to 2048²: peak memory", "full", config=F16, stage="decode"),
+    _s("lowmem", (1, 2048), "vq_f8 decode to 2048²: peak memory", "full", config="vq_f8", stage="decode"),
+    _s("lowmem", (1, 256), "f16 VQGAN decode to 256²: peak memory (CPU-sized)", "cpu", config=F16, stage="decode"),
+    _s("lowmem", (1, 192), "vq_f8 decode to 192²: peak memory (CPU-sized)", "cpu", config="vq_f8", stage="decode"),
+    _s("lowmem", (1, 32), "tiny config decode to 32²: peak memory", "tiny", config="tiny", stage="decode"),
     # overhead: one tiny call of each public op (the work is negligible)
     _s("overhead", (2, 32, 5, 5), "group_norm_silu, 8 groups: per-call overhead", *SETS, target="group_norm_silu"),
     _s("overhead", (1, 32, 16), "spatial_attention: per-call overhead", *SETS, target="spatial_attention"),
@@ -173,6 +184,7 @@ MATRIX: dict[str, dict[str, Matrix]] = {
         "icetk": Matrix(("fp16",), ("nchw",), FORWARD),
         "tokenize": Matrix(("bf16",), ("nchw",), FORWARD),
         "overhead": Matrix(("fp32",), ("any",), FWD_FWDBWD),
+        "lowmem": Matrix(("bf16",), ("nchw",), FORWARD),
     },
     "full": {
         "group_norm_silu": Matrix(("bf16", "fp16", "fp32"), IMAGE_FORMATS, ALL_MODES),
@@ -183,6 +195,7 @@ MATRIX: dict[str, dict[str, Matrix]] = {
         "icetk": Matrix(("fp16", "bf16", "fp32"), ("nchw",), FORWARD),
         "tokenize": Matrix(("bf16",), ("nchw",), FORWARD),
         "overhead": Matrix(("fp32",), ("any",), FWD_FWDBWD),
+        "lowmem": Matrix(("bf16", "fp32"), ("nchw",), FORWARD),
     },
     "cpu": {
         "group_norm_silu": Matrix(("fp32",), ("nchw",), FWD_FWDBWD),
@@ -193,6 +206,7 @@ MATRIX: dict[str, dict[str, Matrix]] = {
         "icetk": Matrix(("fp32",), ("nchw",), FORWARD),
         "tokenize": Matrix(("fp32",), ("nchw",), FORWARD),
         "overhead": Matrix(("fp32",), ("any",), FWD_FWDBWD),
+        "lowmem": Matrix(("fp32",), ("nchw",), FORWARD),
     },
     "tiny": {
         "group_norm_silu": Matrix(("fp32",), IMAGE_FORMATS, ALL_MODES),
@@ -203,6 +217,7 @@ MATRIX: dict[str, dict[str, Matrix]] = {
         "icetk": Matrix(("fp32",), ("nchw",), FORWARD),
         "tokenize": Matrix(("fp32",), ("nchw",), FORWARD),
         "overhead": Matrix(("fp32",), ("any",), FWD_FWDBWD),
+        "lowmem": Matrix(("fp32",), ("nchw",), FORWARD),
     },
 }
 
