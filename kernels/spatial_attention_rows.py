@@ -48,7 +48,7 @@ class ForwardPlan:
 def forward_plan(batch, n, head, dtype, layout, arch) -> ForwardPlan:
     tiles = T.FORWARD_TILES[arch][head]
     # the product reads whole key tiles of the scratch, unmasked, and the statistics per tile
-    assert tiles.attend.block_k == tiles.scores.block_n and tiles.scores.block_m % tiles.attend.block_n == 0
+    assert tiles.scores.block_n % tiles.attend.block_k == 0 and tiles.scores.block_m % tiles.attend.block_n == 0
     assert head % tiles.attend.block_m == 0
     scores, attend = (T.TABLE.find(arch, e) for e in T.rows_forward_entries(arch, tiles, dtype, layout))
     return ForwardPlan(block_rows(batch, n, tiles.scores, 2), scores, attend)

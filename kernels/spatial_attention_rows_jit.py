@@ -11,7 +11,7 @@ Forward (log2 units, ``S = s log2(e) Qᵀ K``):
 * :func:`_scores_kernel` -- per tile ``t`` of 128 keys: ``m_t = max_j S``, ``P~ = 2^(S - m_t)``
   (16-bit, into the scratch) and ``l_t = sum_j P~`` (fp32, before rounding).
 * :func:`_attend_kernel` -- ``m = max_t m_t``, ``l = sum_t l_t 2^(m_t - m)``, and
-  ``O_r = sum_t V_t P~_tᵀ 2^(m_t - m) / l``: each tile's product is scaled as it is added, so
+  ``O_r = (sum_t V_t P~_tᵀ 2^(m_t - m)) / l``: each tile's product is scaled as it is added, so
   ``P`` is rounded to 16 bits once, as in a flash kernel; ``lse = (m + log2 l) ln 2``.
 
 Backward, with ``P = exp(s Qᵀ K - lse)`` and ``dS = P (dP - Delta)``, ``dP = dOᵀ V``:
@@ -90,12 +90,13 @@ def _attend_kernel(
     stride_sb, stride_sm,
     stride_ob, stride_oc, stride_on,
     N, C, row0, rows, tiles,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KEY_TILE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KEY_TILE: tl.constexpr, STATS_TILE: tl.constexpr,
 ):
     """Grid ``(C // BLOCK_M, cdiv(rows, BLOCK_N), B)``: ``Oᵀ`` ``(BLOCK_M, BLOCK_N)`` for channels
     ``[pid_m BLOCK_M, ...)`` and queries ``row0 + [pid_n BLOCK_N, ...)``, from ``P~`` and the
-    statistics of the ``tiles`` key tiles of ``KEY_TILE`` keys; ``lse`` from the first channel
-    block's programs."""
+    statistics of the ``tiles`` key tiles of ``STATS_TILE`` keys (the scores kernel's), in steps
+    of ``KEY_TILE`` keys (a divisor of ``STATS_TILE``: smaller steps leave shared memory for more
+    of them in flight); ``lse`` from the first channel block's programs."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
@@ -114,11 +115,12 @@ def _attend_kernel(
     v_ptrs = V + pid_b * stride_vb + offs_c[:, None] * stride_vc + offs_k[None, :] * stride_vn  # (BLOCK_M, KEY_TILE)
     p_ptrs = P + pid_b * stride_pb + offs_k[:, None] * stride_pn + local[None, :] * stride_pm  # P~ᵀ: (KEY_TILE, BLOCK_N)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for t in range(0, tiles):
-        key0 = t * KEY_TILE
+    for key0 in range(0, tiles * STATS_TILE, KEY_TILE):
         v = tl.load(v_ptrs + key0 * stride_vn, mask=(key0 + offs_k)[None, :] < N, other=0.0)
         part = _mm(v, tl.load(p_ptrs + key0 * stride_pn), None)
-        acc += part * (tl.math.exp2(tl.load(stats + 2 * t, mask=rows_ok, other=0.0) - m) / l)[None, :]
+        m_t = tl.load(stats + 2 * (key0 // STATS_TILE), mask=rows_ok, other=0.0)
+        acc += part * tl.math.exp2(m_t - m)[None, :]
+    acc = acc / l[None, :]
     tl.store(Out + pid_b * stride_ob + offs_c[:, None] * stride_oc + (row0 + local)[None, :] * stride_on,
              acc.to(Out.dtype.element_ty), mask=rows_ok[None, :])
     tl.store(Lse + pid_b * N + row0 + local, (m + tl.math.log2(l)) * LN2, mask=rows_ok & (pid_m == 0))

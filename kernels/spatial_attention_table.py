@@ -97,8 +97,8 @@ FORWARD_TILES = {
     "sm_90a": {
         64: (ForwardConfig(128, 64, 4, 3),),
         128: (ForwardConfig(128, 64, 8, 3), ForwardConfig(128, 64, 8, 2)),
-        256: RowsForward(RowsConfig(128, 128, 64, 8, 3), RowsConfig(128, 128, 128, 8, 3)),
-        512: RowsForward(RowsConfig(128, 128, 64, 8, 3), RowsConfig(128, 128, 128, 8, 3)),
+        256: RowsForward(RowsConfig(128, 256, 64, 8, 4), RowsConfig(128, 128, 64, 8, 4)),
+        512: RowsForward(RowsConfig(128, 256, 64, 8, 4), RowsConfig(128, 128, 64, 8, 4)),
     },
     "sm_80": {
         64: (ForwardConfig(128, 64, 8, 3),),
@@ -125,8 +125,8 @@ BACKWARD_TILES = {
     "sm_90a": {
         64: FlashBackward(BackwardConfig(64, 64, 4, 3), BackwardConfig(64, 64, 4, 3)),
         128: FlashBackward(BackwardConfig(128, 64, 8, 2), BackwardConfig(128, 64, 8, 3)),
-        256: RowsBackward(RowsConfig(128, 128, 64, 16, 3), RowsConfig(128, 128, 64, 8, 4)),
-        512: RowsBackward(RowsConfig(128, 128, 64, 16, 3), RowsConfig(128, 128, 64, 8, 4)),
+        256: RowsBackward(RowsConfig(128, 128, 32, 16, 4), RowsConfig(128, 128, 64, 8, 4)),
+        512: RowsBackward(RowsConfig(128, 128, 32, 16, 4), RowsConfig(128, 128, 64, 8, 4)),
     },
     "sm_80": {
         64: FlashBackward(BackwardConfig(64, 32, 4, 3), BackwardConfig(64, 64, 4, 3)),
@@ -145,7 +145,7 @@ _OCCUPANCY = {
     ("_forward_kernel", 128): {"sm_80": 1, "sm_90a": 1},
     ("_dkdv_kernel", 64): {"sm_80": 2, "sm_90a": 2},
     ("_dkdv_kernel", 128): {"sm_80": 1, "sm_90a": 1},
-    ("_scores_kernel", None): {"sm_80": 1, "sm_90a": 2},
+    ("_scores_kernel", None): {"sm_80": 1, "sm_90a": 1},
     ("_attend_kernel", None): {"sm_80": 1, "sm_90a": 1},
     ("_score_grads_kernel", None): {"sm_80": 1, "sm_90a": 1},
     ("_bmm_kernel", None): {"sm_80": 1, "sm_90a": 1},
@@ -225,17 +225,20 @@ def scores_entry(arch, tile, dtype, layout) -> Config:
     )
 
 
-def attend_entry(arch, tile, dtype, layout) -> Config:
+def attend_entry(arch, tile, dtype, layout, stats_tile) -> Config:
+    """``stats_tile``: the keys of one tile of the scores kernel (its ``BLOCK_N``)."""
     return Config.make(
         "_attend_kernel", dict(V=dtype, P=dtype, Stats="fp32", Out=dtype, Lse="fp32"),
-        dict(BLOCK_M=tile.block_m, BLOCK_N=tile.block_n, KEY_TILE=tile.block_k), tile.num_warps, tile.num_stages,
+        dict(BLOCK_M=tile.block_m, BLOCK_N=tile.block_n, KEY_TILE=tile.block_k, STATS_TILE=stats_tile),
+        tile.num_warps, tile.num_stages,
         _claim("_attend_kernel", arch), ones=_unit(("v", "o"), layout) + ("stride_pn",),
         unaligned=("N", "rows", "tiles") if layout == "c" else ("tiles",), tensor_cores=True,
     )
 
 
 def rows_forward_entries(arch, tiles, dtype, layout) -> tuple:
-    return scores_entry(arch, tiles.scores, dtype, layout), attend_entry(arch, tiles.attend, dtype, layout)
+    return (scores_entry(arch, tiles.scores, dtype, layout),
+            attend_entry(arch, tiles.attend, dtype, layout, tiles.scores.block_n))
 
 
 def score_grads_entry(arch, tile, dtype, layout) -> Config:

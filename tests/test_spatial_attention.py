@@ -270,8 +270,9 @@ def test_sm80_configuration(triton_device, monkeypatch, channels, n):
 @pytest.mark.parametrize("tokens", [False, True], ids=["positions-innermost", "channels-innermost"])
 def test_backward_by_rows_in_blocks(triton_device, tokens, monkeypatch):
     """Head 512 by rows, forward and backward, with a scratch buffer of one 128-row block (three
-    blocks at N = 300: the backward's fp32 partial sums started, added to, and rounded into the
-    result with the ragged last block) against the reference, in both layouts, batch 2."""
+    blocks at N = 300: the forward's scores and product per block; the backward's fp32 partial
+    sums started, added to, and rounded into the result with the ragged last block) against the
+    reference, in both layouts, batch 2."""
     if triton_device != "cpu":
         pytest.skip("the block size follows the device's memory on a GPU")
     rows = importlib.import_module("vqvae_fast.kernels.spatial_attention_rows")
@@ -286,7 +287,8 @@ def test_backward_by_rows_in_blocks(triton_device, tokens, monkeypatch):
         check_against_reference(q, k, v, torch.float16)
     rows.rows_plan.cache_clear()
     rows.forward_plan.cache_clear()
-    assert launched.count("_score_grads_kernel") == 3 and launched.count("_scores_kernel") == 2
+    # the forward's scratch pads keys to its 256-key score tiles on sm_90a: 128 rows a block too
+    assert launched.count("_score_grads_kernel") == 3 and launched.count("_scores_kernel") == 3
 
 
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
