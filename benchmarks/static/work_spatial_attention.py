@@ -5,9 +5,9 @@ The launchers (``kernels/spatial_attention.py``, ``spatial_attention_backward.py
 and arguments give its tiles. Padded head ``H`` (``C`` rounded up to a table head), ``s`` bytes
 per element:
 
-* flash forward kernel (heads 64, 128), grid ``(cdiv(N, BLOCK_M), B * H / BLOCK_CO, splits)``:
-  a CTA loads its ``BLOCK_M x H`` queries, then per key block ``H x BLOCK_N`` keys and
-  ``BLOCK_N x BLOCK_CO`` values, and computes ``2 BLOCK_M BLOCK_N (H + BLOCK_CO)`` FLOPs.
+* flash forward kernel (heads 64, 128), grid ``(cdiv(N, BLOCK_M), B, splits)``: a CTA loads
+  its ``BLOCK_M x H`` queries, then per key block ``H x BLOCK_N`` keys and ``BLOCK_N x H``
+  values, and computes ``4 BLOCK_M BLOCK_N H`` FLOPs.
   Masked rows and keys past ``N`` are computed too. With split keys, fp32 partial outputs and a
   combine pass.
 * flash backward (heads 64, 128): ``Delta`` (reads ``out``, ``dO``), ``dK/dV`` (per key block:
@@ -93,20 +93,17 @@ def _work(case: StaticCase, launch) -> LaunchWork:
     kernel = cfg.kernel
     lw = LaunchWork(kernel.strip("_").replace("_kernel", ""), TABLE, cfg, grid, tensor_operand=case.dtype)
     if kernel == "_forward_kernel":
-        head, bm, bn, bco = t["HEAD"], t["BLOCK_M"], t["BLOCK_N"], t["BLOCK_CO"]
+        head, bm, bn = t["HEAD"], t["BLOCK_M"], t["BLOCK_N"]
         splits = launch.grid[2]
         lw.prologue_load_bytes = bm * head * s
         lw.trips = cdiv(min(args["keys_per_split"], n), bn)
-        lw.trip_load_bytes = (head * bn + bn * bco) * s
-        lw.tensor_flops = grid * lw.trips * 2 * bm * bn * (head + bco)
+        lw.trip_load_bytes = 2 * head * bn * s
+        lw.tensor_flops = grid * lw.trips * 4 * bm * bn * head
         lw.fma_flops = grid * lw.trips * bm * bn * SOFTMAX_FLOPS
         out_bytes = splits * b * head * n * 4 + splits * b * n * 4 if t["SPLIT"] else b * head * n * s + b * n * 4
         lw.store_bytes = out_bytes
         lw.dram_bytes = 3 * b * head * n * s + out_bytes
         lw.l2_bytes = grid * lw.load_bytes_per_cta
-        if bco < head:
-            lw.notes.append(f"logits recomputed for each of {head // bco} output-channel blocks "
-                            f"({(head + bco) * head // bco / (2 * head):.2f}x the floor's FLOPs)")
         if splits > 1:
             lw.notes.append(f"keys split {splits} ways: fp32 partial outputs")
     elif kernel == "_combine_kernel":
