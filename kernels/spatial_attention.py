@@ -195,7 +195,7 @@ def forward(
             from . import spatial_attention_rows as rows  # imports this module
 
             plan = rows.forward_plan(q.shape[0], q.shape[2], head, TRITON_TYPES[q.dtype], layout,
-                                     T.arch_name(capability_))
+                                     T.arch_name(capability_), processors)
             run(rows.forward_launches(plan, q, k, v, target, lse, scale * LOG2E))
         else:
             _forward_flash(configs, (head, capability_), q, k, v, target, lse, scale, splits, processors)

@@ -73,7 +73,7 @@ def backward(
                           (triton.cdiv(n, T.REDUCE_TILE["BLOCK_P"]), batch),
                           (out, grad_out, delta, *_strides(out), *_strides(grad_out), n, head))
     if isinstance(backward_configs(head, capability), T.RowsBackward):
-        plan = rows.rows_plan(batch, n, head, dtype, layout, arch)
+        plan = rows.rows_plan(batch, n, head, dtype, layout, arch, processors)
         with device_guard(q):
             run([delta_launch, *rows.launches(plan, q, k, v, grad_out, lse, delta, *targets, scale, scale * LOG2E)])
     else:

@@ -7,8 +7,12 @@ scratch buffer, then ``O_r``. Backward: the score gradients ``P_r``, ``dS_r`` in
 then ``dV += dO_r P_r``, ``dK += s Q_r dS_r`` and ``dQ_r = s K dS_rᵀ``; with more than one block,
 ``dV`` and ``dK`` add up in fp32 buffers and the last block's products round into the results.
 ``R`` is as large as :data:`SCRATCH_BYTES` allows (every row at once up to ``B N^2 = 2^24`` in
-the backward, e.g. one image of 4096 positions). Plans depend only on sizes, dtype, layout and
-the device, and are cached (:func:`forward_plan`, :func:`rows_plan`).
+the backward, e.g. one image of 4096 positions), but never so small that the products of one
+block leave multiprocessors idle (``O_r`` and ``dQ_r`` have ``HEAD/128 x R/128`` tiles per image):
+the scratch is then ``O(SMs 128 N)`` per image, e.g. 256 MB for the backward at (1, 512, 16384)
+on 132 SMs, still linear in ``N``, and never above :data:`FILL_SCRATCH_BYTES` for this. Blocks
+are of equal size, rounded to whole tiles. Plans depend only on sizes, dtype, layout and the
+device, and are cached (:func:`forward_plan`, :func:`rows_plan`).
 """
 
 from __future__ import annotations
@@ -26,15 +30,30 @@ from .spatial_attention import _strides
 
 #: bytes of the scratch buffer: ``P`` and ``dS`` of one block of rows, 16-bit, keys padded to tiles
 SCRATCH_BYTES = 64 * 2**20
+#: the most the scratch may grow to give the products of one block a full wave
+FILL_SCRATCH_BYTES = 512 * 2**20
 
 
-def block_rows(batch: int, n: int, tile: T.RowsConfig, bytes_per_score: int) -> int:
-    """Query rows per block: ``bytes_per_score`` per (image, row, key) of ``batch`` images within
-    :data:`SCRATCH_BYTES` (keys padded to ``tile``), a multiple of ``tile``'s rows, at least one
-    tile, at most all of ``n``."""
+def block_rows(batch: int, n: int, tile: T.RowsConfig, bytes_per_score: int, fill_rows: int) -> int:
+    """Query rows per block, a multiple of ``tile``'s rows: at most what :data:`SCRATCH_BYTES`
+    holds at ``bytes_per_score`` per (image, row, key) of ``batch`` images (keys padded to
+    ``tile``) unless ``fill_rows`` asks for more (within :data:`FILL_SCRATCH_BYTES`), at least one
+    tile; then the fewest blocks of that size, evened out (never larger), at most all of ``n``."""
     keys = triton.cdiv(n, tile.block_n) * tile.block_n
-    rows = SCRATCH_BYTES // (bytes_per_score * batch * keys) // tile.block_m * tile.block_m
-    return min(max(rows, tile.block_m), triton.cdiv(n, tile.block_m) * tile.block_m)
+    budget = SCRATCH_BYTES // (bytes_per_score * batch * keys)
+    fill_rows = min(fill_rows, FILL_SCRATCH_BYTES // (bytes_per_score * batch * keys))
+    cap = max(budget // tile.block_m, triton.cdiv(fill_rows, tile.block_m), 1) * tile.block_m
+    blocks = triton.cdiv(n, cap)
+    return triton.cdiv(triton.cdiv(n, blocks), tile.block_m) * tile.block_m
+
+
+def fill_rows(batch: int, head: int, product: T.RowsConfig, processors: int) -> int:
+    """Rows that give a product of ``(head, rows)`` tiles of ``product`` one wave on
+    ``processors`` multiprocessors; none where one row of tiles fills 85% of it already."""
+    per_row_of_tiles = head // product.block_m * batch
+    if per_row_of_tiles >= 0.85 * processors:
+        return 0
+    return triton.cdiv(processors, per_row_of_tiles) * product.block_n
 
 
 @dataclass(frozen=True)
@@ -45,13 +64,14 @@ class ForwardPlan:
 
 
 @functools.lru_cache(maxsize=1024)
-def forward_plan(batch, n, head, dtype, layout, arch) -> ForwardPlan:
+def forward_plan(batch, n, head, dtype, layout, arch, processors) -> ForwardPlan:
     tiles = T.FORWARD_TILES[arch][head]
     # the product reads whole key tiles of the scratch, unmasked, and the statistics per tile
     assert tiles.scores.block_n % tiles.attend.block_k == 0 and tiles.scores.block_m % tiles.attend.block_n == 0
     assert head % tiles.attend.block_m == 0
     scores, attend = (T.TABLE.find(arch, e) for e in T.rows_forward_entries(arch, tiles, dtype, layout))
-    return ForwardPlan(block_rows(batch, n, tiles.scores, 2), scores, attend)
+    return ForwardPlan(block_rows(batch, n, tiles.scores, 2, fill_rows(batch, head, tiles.attend, processors)),
+                       scores, attend)
 
 
 def forward_launches(plan: ForwardPlan, q, k, v, out, lse, qk_scale) -> list[Launch]:
@@ -92,12 +112,12 @@ class RowsPlan:
 
 
 @functools.lru_cache(maxsize=1024)
-def rows_plan(batch, n, head, dtype, layout, arch) -> RowsPlan:
+def rows_plan(batch, n, head, dtype, layout, arch, processors) -> RowsPlan:
     tiles = T.BACKWARD_TILES[arch][head]
     # the products read the scratch in whole tiles of the score kernel, unmasked
     assert tiles.scores.block_m % tiles.products.block_n == 0 and tiles.scores.block_m % tiles.products.block_k == 0
     assert tiles.scores.block_n % tiles.products.block_k == 0 and head % tiles.products.block_m == 0
-    rows = block_rows(batch, n, tiles.scores, 4)  # P and dS
+    rows = block_rows(batch, n, tiles.scores, 4, fill_rows(batch, head, tiles.products, processors))  # P, dS
     entries = [T.TABLE.find(arch, e) for e in T.rows_entries(arch, tiles, dtype, layout)]
     scores, to_partial, add_partial, to_result, add_to_result, dq = entries
     # dV and dK read whole column tiles of the scratch; what lies past N there (written or not)

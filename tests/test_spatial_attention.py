@@ -278,6 +278,9 @@ def test_backward_by_rows_in_blocks(triton_device, tokens, monkeypatch):
     rows = importlib.import_module("vqvae_fast.kernels.spatial_attention_rows")
     n = 300 if tokens else 288  # positions innermost: N % 16 == 0
     monkeypatch.setattr(rows, "SCRATCH_BYTES", 2 * 4 * 128 * 384)  # batch 2, keys padded to 384
+    for name in ("spatial_attention", "spatial_attention_backward"):  # 8 SMs: one 128-row block fills them
+        monkeypatch.setattr(importlib.import_module(f"vqvae_fast.kernels.{name}"), "device_facts",
+                            lambda device: (90, 8))
     rows.rows_plan.cache_clear()
     rows.forward_plan.cache_clear()
     q, k, v = random_qkv((2, n, 512) if tokens else (2, 512, n), torch.float16, triton_device)
