@@ -46,7 +46,7 @@ def _delta_kernel(
     pid_b = tl.program_id(1).to(tl.int64)
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     lanes = tl.arange(0, BLOCK_C)
-    offs_c = tl.minimum(lanes, C - 1)  # masked lanes repeat the last channel's (in-range) address
+    offs_c = lanes % C  # masked lanes repeat in-range addresses; C % 16 == 0 keeps 16-wide runs
     mask = (lanes[:, None] < C) & (offs_p[None, :] < N)
     o = tl.load(Out + pid_b * stride_ob + offs_c[:, None] * stride_oc + offs_p[None, :] * stride_on, mask=mask, other=0.0)
     do = tl.load(dOut + pid_b * stride_db + offs_c[:, None] * stride_dc + offs_p[None, :] * stride_dn, mask=mask,

@@ -145,7 +145,7 @@ def _combine_kernel(
     batch = tl.num_programs(1)
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     lanes = tl.arange(0, BLOCK_C)
-    offs_c = tl.minimum(lanes, C - 1)  # masked lanes repeat the last channel's (in-range) address
+    offs_c = lanes % C  # masked lanes repeat in-range addresses; C % 16 == 0 keeps 16-wide runs
     p_ok = offs_p < N
     mask = (lanes[:, None] < C) & p_ok[None, :]
     m = tl.full([BLOCK_P], float("-inf"), dtype=tl.float32)

@@ -91,8 +91,11 @@ REDUCE_TILE = dict(BLOCK_P=16, BLOCK_C=512)
 #: 128 (head 256) queries, so every program streams all keys and values from L2 for that many
 #: queries, in small key blocks (a 64 x 512 accumulator beside 64-row logits leaves shared
 #: memory for 16-32 keys per stage), and the logits tile is split over warpgroups or computed
-#: twice. By rows, both products run on 128 x 128 tiles (docs/spatial-attention.md has the
-#: estimates that chose this).
+#: twice. By rows (docs/spatial-attention.md has the estimates that chose this), on sm_90a the
+#: logits run on 128 x 256 tiles (199 registers, one CTA per SM: 85 FLOP per byte loaded from L2
+#: where 128 x 128 gives 64) and the product on 128 x 128 tiles in 64-key steps, each four
+#: stages deep so that the loads run three steps ahead (the product's 128-key steps fit three
+#: stages only: loads one step ahead).
 FORWARD_TILES = {
     "sm_90a": {
         64: (ForwardConfig(128, 64, 4, 3),),
@@ -119,8 +122,8 @@ FORWARD_TILES = {
 #: of ``q`` and ``dO`` (128 KB each at head 512: one stage, staged through registers, which
 #: spills), so every program streams all queries from L2 for a few keys; on sm_80 the
 #: register-operand MMAs spill the flash kernels from head 256 on. By rows, ``P`` and ``dS`` are
-#: formed in 128 x 128 tiles and the three products run as batched matrix products on 128 x 128
-#: tiles (docs/spatial-attention.md).
+#: formed in 128 x 128 tiles (on sm_90a in 32-channel steps, four stages deep) and the three
+#: products run as batched matrix products on 128 x 128 tiles (docs/spatial-attention.md).
 BACKWARD_TILES = {
     "sm_90a": {
         64: FlashBackward(BackwardConfig(64, 64, 4, 3), BackwardConfig(64, 64, 4, 3)),
@@ -140,7 +143,7 @@ BACKWARD_TILES = {
 #: tensor-core kernels trade occupancy for large tiles, one or two CTAs of 4-8 warps per SM
 _OCCUPANCY = {
     ("_combine_kernel", None): {"sm_80": 2, "sm_90a": 2},
-    ("_delta_kernel", None): {"sm_80": 5, "sm_90a": 6},
+    ("_delta_kernel", None): {"sm_80": 5, "sm_90a": 5},
     ("_forward_kernel", 64): {"sm_80": 1, "sm_90a": 2},
     ("_forward_kernel", 128): {"sm_80": 1, "sm_90a": 1},
     ("_dkdv_kernel", 64): {"sm_80": 2, "sm_90a": 2},
