@@ -95,7 +95,8 @@ REDUCE_TILE = dict(BLOCK_P=16, BLOCK_C=512)
 #: logits run on 128 x 256 tiles (199 registers, one CTA per SM: 85 FLOP per byte loaded from L2
 #: where 128 x 128 gives 64) and the product on 128 x 128 tiles in 64-key steps, each four
 #: stages deep so that the loads run three steps ahead (the product's 128-key steps fit three
-#: stages only: loads one step ahead).
+#: stages only: loads one step ahead). sm_80 takes the same steps four stages deep on its
+#: 128 x 128 tiles.
 FORWARD_TILES = {
     "sm_90a": {
         64: (ForwardConfig(128, 64, 4, 3),),
@@ -106,8 +107,8 @@ FORWARD_TILES = {
     "sm_80": {
         64: (ForwardConfig(128, 64, 8, 3),),
         128: (ForwardConfig(128, 64, 8, 3),),
-        256: RowsForward(RowsConfig(128, 128, 32, 8, 3), RowsConfig(128, 128, 128, 8, 2)),
-        512: RowsForward(RowsConfig(128, 128, 32, 8, 3), RowsConfig(128, 128, 128, 8, 2)),
+        256: RowsForward(RowsConfig(128, 128, 32, 8, 4), RowsConfig(128, 128, 64, 8, 4)),
+        512: RowsForward(RowsConfig(128, 128, 32, 8, 4), RowsConfig(128, 128, 64, 8, 4)),
     },
 }
 
@@ -134,8 +135,8 @@ BACKWARD_TILES = {
     "sm_80": {
         64: FlashBackward(BackwardConfig(64, 32, 4, 3), BackwardConfig(64, 64, 4, 3)),
         128: FlashBackward(BackwardConfig(128, 16, 8, 3), BackwardConfig(128, 32, 8, 3)),
-        256: RowsBackward(RowsConfig(128, 64, 32, 8, 3), RowsConfig(128, 128, 32, 8, 3)),
-        512: RowsBackward(RowsConfig(128, 64, 32, 8, 3), RowsConfig(128, 128, 32, 8, 3)),
+        256: RowsBackward(RowsConfig(128, 64, 32, 8, 4), RowsConfig(128, 128, 32, 8, 4)),
+        512: RowsBackward(RowsConfig(128, 64, 32, 8, 4), RowsConfig(128, 128, 32, 8, 4)),
     },
 }
 
