@@ -2,17 +2,18 @@ r"""The ``@triton.jit`` kernels of ``spatial_attention`` by blocks of query rows
 backward (launch planning in ``spatial_attention_rows.py``): the large heads, where a flash
 program's register-held accumulator (at most about 64 positions x 512 channels) would make
 every program stream all of the other side's 2 KB positions from L2 for 64 of its own. Here the
-products read their operands in 128 x 128 tiles. ``Q``, ``K``, ``V``, ``dO`` are ``(B, HEAD, N)``
-read through their strides; ``R`` query rows ``r`` at a time, their 16-bit scratch of
-``(B, R, N)`` bounded by the launcher.
+products read their operands in 128 x 128 (or 128 x 256) tiles. ``Q``, ``K``, ``V``, ``dO`` are
+``(B, HEAD, N)`` read through their strides; ``R`` query rows ``r`` at a time, their 16-bit
+scratch of ``(B, R, N)`` bounded by the launcher.
 
 Forward (log2 units, ``S = s log2(e) Qᵀ K``):
 
-* :func:`_scores_kernel` -- per tile ``t`` of 128 keys: ``m_t = max_j S``, ``P~ = 2^(S - m_t)``
-  (16-bit, into the scratch) and ``l_t = sum_j P~`` (fp32, before rounding).
+* :func:`_scores_kernel` -- per tile ``t`` of ``BLOCK_N`` keys (128 or 256): ``m_t = max_j S``,
+  ``P~ = 2^(S - m_t)`` (16-bit, into the scratch) and ``l_t = sum_j P~`` (fp32, before rounding).
 * :func:`_attend_kernel` -- ``m = max_t m_t``, ``l = sum_t l_t 2^(m_t - m)``, and
-  ``O_r = (sum_t V_t P~_tᵀ 2^(m_t - m)) / l``: each tile's product is scaled as it is added, so
-  ``P`` is rounded to 16 bits once, as in a flash kernel; ``lse = (m + log2 l) ln 2``.
+  ``O_r = (sum_t V_t P~_tᵀ 2^(m_t - m)) / l`` in steps of ``KEY_TILE`` keys (a divisor of the
+  tile): each step's product is scaled as it is added, so ``P`` is rounded to 16 bits once, as
+  in a flash kernel; ``lse = (m + log2 l) ln 2``.
 
 Backward, with ``P = exp(s Qᵀ K - lse)`` and ``dS = P (dP - Delta)``, ``dP = dOᵀ V``:
 
