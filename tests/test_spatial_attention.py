@@ -294,6 +294,25 @@ def test_backward_by_rows_in_blocks(triton_device, tokens, monkeypatch):
     assert launched.count("_score_grads_kernel") == 3 and launched.count("_scores_kernel") == 3
 
 
+def test_rows_per_block_fill_the_gpu_within_the_scratch_bounds():
+    """Blocks of query rows (planning only): what the 64 MiB scratch holds, or more where the
+    products of a block would leave multiprocessors idle (within 512 MiB), blocks evened out."""
+    rows = importlib.import_module("vqvae_fast.kernels.spatial_attention_rows")
+    plans = [rows.forward_plan, rows.rows_plan]
+    # (1, 512, 4096): every row at once, forward (32 MiB) and backward (64 MiB)
+    assert [plan(1, 4096, 512, "bf16", "n", "sm_90a", 132).rows for plan in plans] == [4096, 4096]
+    # (1, 512, 16384): 64 MiB holds 2048 (forward) or 1024 rows, whose products have 64 or 32
+    # tiles of 128 x 128; blocks of 4096 rows give them 128
+    assert [plan(1, 16384, 512, "bf16", "n", "sm_90a", 132).rows for plan in plans] == [4096, 4096]
+    assert rows.rows_plan(1, 16384, 512, "bf16", "n", "sm_90a", 132).blocks == 4
+    # a batch whose one row of tiles fills the GPU: the budget, at least one tile
+    assert rows.rows_plan(64, 4096, 512, "bf16", "n", "sm_90a", 132).rows == 128
+    # one huge image: filling the GPU would take 8 GiB of scratch; one tile instead
+    assert rows.rows_plan(1, 2**22, 512, "bf16", "n", "sm_90a", 132).rows == 128
+    # evened out: 5000 rows in two blocks of 2560, not 4224 + 776
+    assert rows.rows_plan(1, 5000, 512, "bf16", "c", "sm_90a", 132).rows == 2560
+
+
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
 def test_fp16_logits_that_overflow_without_prescale(backend):
     """|q . k| far beyond fp16's 65504 (q = k), but s q . k fits: finite, matches fp32."""
