@@ -55,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="CPU threads for torch (default: torch's choice, fewer when the CPU is already "
                              "busy with other work, which makes multi-threaded timings jump)")
     parser.add_argument("--seed", type=int, default=0)
+    from .static_model import add_static_arguments
+
+    add_static_arguments(parser)
 
 
 def resolve_device(name: str | None):
@@ -120,6 +123,10 @@ def run(args) -> int:
     """Run the suite and write ``results.csv``, ``results.json``, ``table.txt`` and the plots."""
     import torch
 
+    if getattr(args, "static", False):  # no GPU, nothing runs: the static performance model
+        from .static_model import run_static
+
+        return run_static(args)
     threads = torch.get_num_threads()
     try:
         return _run(args)
