@@ -138,7 +138,8 @@ def plan(N, K, D, z_type, e_type, unit, kind, aligned, return_distance, arch, pr
         T.TABLE.find(arch, T.finalize_entry(z_type, e_type, unit, rerank, return_distance) if reads
                      else T.finalize_entry(None, None, None, False, False)),
     ) + ((T.TABLE.find(arch, T.nonfinite_entry(z_type, unit, return_distance)),) if exact else ())
-    grids = ((triton.cdiv(K, T.NORMS_TILE["BLOCK_K"]),), (row_blocks * splits,),
+    norms_k = T.NORMS_TILES[exact]["BLOCK_K"]
+    grids = ((triton.cdiv(K, jit.NORMS_PAD) * jit.NORMS_PAD // norms_k,), (row_blocks * splits,),
              (triton.cdiv(N, T.FINALIZE_TILE["BLOCK_N"]),), (triton.cdiv(N, T.NONFINITE_TILE["BLOCK_N"]),))
     return entries, grids, splits, tiles_per_split
 
@@ -157,7 +158,8 @@ def codebook_argmin(
     bf16 (mixed dtypes compute in fp32). ``num_splits`` overrides how many programs share the
     codebook of one row block (tests use it to exercise the cross-program combine).
     ``code_norms``: ``||e_k||^2`` (``(K,)``, fp32) if the caller keeps them; the norm launch is then
-    skipped, except for ``"tf32x3"``, which prepares the codebook's parts in it.
+    skipped, except for ``"tf32x3"``, which prepares the codebook's parts in it, and where ``K``
+    is not a multiple of ``NORMS_PAD`` (the search reads norms padded with ``+inf``).
     Memory: the int64 result, an fp32 ``(K,)`` of code norms; for fp32 inputs an int64 ``(N,)``
     runner-up slot, and with the default precision the codebook's two TF32 parts (``8 K D``
     bytes) and a flag per code; nothing proportional to ``N * K``.
@@ -186,8 +188,9 @@ def codebook_argmin(
     second = torch.full((N + 1,), EMPTY_SLOT, dtype=torch.int64, device=device) if kind != "native" else best
     any_bad = second[N:] if exact else best
     launches = []
-    if code_norms is None or exact:
-        enorm = torch.empty((K,), dtype=torch.float32, device=device)
+    padded = -(-K // jit.NORMS_PAD) * jit.NORMS_PAD
+    if code_norms is None or exact or padded != K:  # the search reads norms padded with +inf
+        enorm = torch.empty((padded,), dtype=torch.float32, device=device)
         if exact:
             stride_pk = -(-D // T.PARTS_ALIGN) * T.PARTS_ALIGN
             parts = torch.empty((2, K, stride_pk), dtype=torch.float32, device=device)

@@ -37,8 +37,9 @@ def _code_norms_kernel(
     e_ptr, out_ptr, eb_ptr, es_ptr, flags_ptr, any_ptr, K, D, stride_ek, stride_ed, stride_pk,
     BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, PREPARE: tl.constexpr,
 ):
-    """``out[k] = sum_d e[k, d]^2`` in fp32; with ``PREPARE`` the module docstring's parts and
-    flags (``eb``, ``es``: ``(K, stride_pk)`` fp32; ``flags``: int64 ``(K,)``)."""
+    """``out[k] = sum_d e[k, d]^2`` in fp32, ``+inf`` for ``K <= k`` up to the grid's end (the
+    padding the search reads); with ``PREPARE`` the module docstring's parts and flags (``eb``,
+    ``es``: ``(K, stride_pk)`` fp32; ``flags``: int64 ``(K,)``)."""
     pid = tl.program_id(0)
     codes = pid * BLOCK_K + tl.arange(0, BLOCK_K)
     code_mask = codes < K
@@ -49,9 +50,10 @@ def _code_norms_kernel(
         x = tl.load(e_ptr + rows + (d0 + dims)[None, :] * stride_ed,
                     mask=code_mask[:, None] & ((d0 + dims) < D)[None, :], other=0.0).to(tl.float32)
         acc += tl.sum(x * x, axis=1)
+    # every program stores all of its norms: codes past K (the padding) get +inf
     if PREPARE:
         finite = (acc - acc) == 0  # false for inf and NaN
-        tl.store(out_ptr + codes, tl.where(finite, acc, float("inf")), mask=code_mask)
+        tl.store(out_ptr + codes, tl.where(finite & code_mask, acc, float("inf")))
         tl.store(flags_ptr + codes, (~finite).to(tl.int64), mask=code_mask)
         tl.atomic_min(any_ptr + codes * 0, 0, mask=code_mask & ~finite, sem="relaxed")
         parts = codes.to(tl.int64)[:, None] * stride_pk
@@ -66,7 +68,7 @@ def _code_norms_kernel(
             tl.store(eb_ptr + where, tl.where(keep, big, 0.0), mask=mask)
             tl.store(es_ptr + where, tl.where(keep, small, 0.0), mask=mask)
     else:
-        tl.store(out_ptr + codes, acc, mask=code_mask)
+        tl.store(out_ptr + codes, tl.where(code_mask, acc, float("inf")))
 
 
 @triton.jit

@@ -9,7 +9,8 @@ For latent rows ``z`` (``N`` rows of ``D`` values; row ``n = b * HW + hw`` at of
     i_n = \arg\min_k \big(\lVert e_k \rVert^2 - 2\, z_n \cdot e_k\big)
         = \arg\min_k \lVert z_n - e_k \rVert^2
 
-ties going to the lowest ``k`` (``torch.argmin``). A program takes a block of ``BLOCK_N`` rows
+ties going to the lowest ``k`` (``torch.argmin``). The norms ``||e_k||^2`` come padded with
+``+inf`` up to a multiple of every ``BLOCK_K`` (:data:`NORMS_PAD`). A program takes a block of ``BLOCK_N`` rows
 (inside one batch item) and a contiguous range of ``BLOCK_K``-code tiles (a *split* of the
 codebook), computes ``||e_k||^2 - 2 z.e_k`` per tile on tensor cores and keeps a running
 ``(min, index)`` per row. It folds its result into a per-row int64 slot with ``atomic_min`` on
@@ -46,6 +47,8 @@ from vqvae_fast._device import interpreting
 
 #: value of a packed (key, index) slot before any candidate arrived (int64 max).
 EMPTY_SLOT = 2**63 - 1
+#: the code norms' length is a multiple of this (every BLOCK_K divides it); padding norms are +inf
+NORMS_PAD = 128
 INT32_MAX = 2**31 - 1
 _INT32_MAX = tl.constexpr(INT32_MAX)
 #: Triton's CPU interpreter multiplies bf16 bit patterns wrongly in ``tl.dot``; there the native
@@ -171,20 +174,19 @@ def _resident_kernel(
     tile_end = tl.minimum(tile_begin + tiles_per_split, tl.cdiv(K, BLOCK_K))
     local = tl.arange(0, BLOCK_K)
     codes = tile_begin * BLOCK_K + local
-    e_rows = e_ptr + dims[:, None]  # (BLOCK_D, 1): the codebook columns
-    e = tl.load(e_rows + codes.to(tl.int64)[None, :] * stride_ek, mask=d_mask[:, None] & (codes < K)[None, :],
-                other=0.0)  # (BLOCK_D, BLOCK_K)
-    # padding codes get +inf: they never win a strict comparison
-    enorm = tl.load(enorm_ptr + codes, mask=codes < K, other=float("inf"))
+    e_ptrs = e_ptr + codes.to(tl.int64)[None, :] * stride_ek + dims[:, None]  # (BLOCK_D, BLOCK_K)
+    step = stride_ek.to(tl.int64) * BLOCK_K
+    e = tl.load(e_ptrs, mask=d_mask[:, None] & (codes < K)[None, :], other=0.0)
+    enorm = tl.load(enorm_ptr + codes)  # padded with +inf: padding codes never win a strict comparison
     acc = _native_dot(z, e, tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32))
     best = tl.full([BLOCK_N], float("inf"), tl.float32)
     best_idx = tl.zeros([BLOCK_N], dtype=tl.int32)
     for tile in range(tile_begin + 1, tile_end):
         # issue tile t + 1's product, then reduce tile t while the tensor cores run
         codes = tile * BLOCK_K + local
-        e = tl.load(e_rows + codes.to(tl.int64)[None, :] * stride_ek, mask=d_mask[:, None] & (codes < K)[None, :],
-                    other=0.0)
-        next_enorm = tl.load(enorm_ptr + codes, mask=codes < K, other=float("inf"))
+        e_ptrs += step
+        e = tl.load(e_ptrs, mask=d_mask[:, None] & (codes < K)[None, :], other=0.0)
+        next_enorm = tl.load(enorm_ptr + codes)
         next_acc = _native_dot(z, e, tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32))
         best, best_idx = _fold(acc, enorm, local, (tile - 1) * BLOCK_K, best, best_idx)
         acc, enorm = next_acc, next_enorm
@@ -243,7 +245,7 @@ def _chunked_kernel(
                     acc = tl.dot(zt.to(tl.float32), et.to(tl.float32), acc, input_precision="tf32")
                 else:
                     acc = _native_dot(zt, et, acc)
-        enorm = tl.load(enorm_ptr + base + local, mask=code_mask, other=float("inf"))
+        enorm = tl.load(enorm_ptr + base + local)  # padded with +inf
         if TRACK_SECOND:
             best, best_idx, second, second_idx = _fold_two(acc, enorm, local, base, best, best_idx, second,
                                                            second_idx)

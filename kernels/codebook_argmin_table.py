@@ -43,7 +43,7 @@ CHUNKED_TILES = {
     "tf32": {"aligned": {"sm_80": (128, 128, 32, 8, 3), "sm_90a": (128, 128, 32, 8, 3)},
              "general": {"sm_80": (128, 64, 32, 8, 3), "sm_90a": (128, 64, 32, 8, 3)}},
     "tf32x3": {"aligned": {"sm_80": (128, 64, 16, 8, 4), "sm_90a": (128, 128, 32, 8, 3)},
-               "general": {"sm_80": (128, 64, 16, 8, 3), "sm_90a": (128, 64, 32, 8, 3)}},
+               "general": {"sm_80": (128, 64, 16, 8, 3), "sm_90a": (128, 64, 16, 8, 3)}},
 }
 #: the largest D the resident kernel takes
 RESIDENT_MAX_D = max(RESIDENT_TILES)
@@ -54,7 +54,8 @@ KIND_TYPES = {
     "tf32": (("fp32", "fp32"), ("fp16", "fp32"), ("bf16", "fp32")),
 }
 ADDRESSING = {"aligned": ("w", "d"), "general": ("d",)}  # addressing -> latent unit strides (chunked)
-NORMS_TILE = dict(BLOCK_K=32, BLOCK_D=32)
+#: PREPARE -> tile of the code-norm kernel (preparing the TF32 parts takes narrower chunks)
+NORMS_TILES = {False: dict(BLOCK_K=32, BLOCK_D=128), True: dict(BLOCK_K=32, BLOCK_D=32)}
 FINALIZE_TILE = dict(BLOCK_N=64, BLOCK_D=32)
 NONFINITE_TILE = dict(BLOCK_N=32, BLOCK_D=32, BLOCK_C=32)
 #: column padding of the "tf32x3" codebook parts: the chunked kernel's BLOCK_D
@@ -67,7 +68,7 @@ _ALL_INTS = _LATENT_INTS + ("K", "D", "stride_ek", "num_splits", "tiles_per_spli
 #: (kernel, tile key) -> {arch: CTAs per SM} the entries promise (what the compile gate measures):
 #: the search kernels hold one or two 128-row tiles of fp32 distances, one CTA of 8 warps per SM
 _OCCUPANCY = {
-    ("_code_norms_kernel", False): {"sm_80": 16, "sm_90a": 16},
+    ("_code_norms_kernel", False): {"sm_80": 7, "sm_90a": 7},
     ("_code_norms_kernel", True): {"sm_80": 7, "sm_90a": 8},
     ("_finalize_kernel", "plain"): {"sm_80": 16, "sm_90a": 16},
     ("_finalize_kernel", "distance"): {"sm_80": 8, "sm_90a": 9},
@@ -104,7 +105,8 @@ def chunked_entry(arch, kind, z_type, e_type, addressing, unit) -> Config:
 
 def norms_entry(e_type, prepare) -> Config:
     pointers = dict(e_ptr=e_type, out_ptr="fp32", eb_ptr="fp32", es_ptr="fp32", flags_ptr="i64", any_ptr="i64")
-    return Config.make("_code_norms_kernel", pointers, dict(NORMS_TILE, PREPARE=prepare), SMALL_KERNEL_WARPS, 1,
+    constexprs = dict(NORMS_TILES[prepare], PREPARE=prepare)
+    return Config.make("_code_norms_kernel", pointers, constexprs, SMALL_KERNEL_WARPS, 1,
                        _OCCUPANCY[("_code_norms_kernel", prepare)], ones=("stride_ed",),
                        unaligned=("D", "stride_pk") if prepare else ("D",))
 

@@ -222,11 +222,12 @@ def test_fast_equals_ieee_without_near_ties(triton_device):
 @pytest.mark.parametrize("dtype,precision", [(torch.bfloat16, "ieee"), (torch.float32, "fast"), (torch.float32, "ieee")])
 def test_given_code_norms_skip_the_norm_launch(triton_device, dtype, precision):
     """Norms the caller keeps (as a quantizer does) replace the norm launch, except where the
-    launch also prepares the codebook's TF32 parts (fp32 at the default precision)."""
+    launch also prepares the codebook's TF32 parts (fp32 at the default precision) or ``K`` needs
+    the +inf padding of the norms (not a multiple of 128: then they are computed as usual)."""
     from vqvae_fast.ops.codebook_argmin import code_norms
 
     z = make_latents(300, 32, dtype, "nchw", triton_device)
-    codebook = torch.randn(100, 32, device=triton_device).to(dtype)
+    codebook = torch.randn(256, 32, device=triton_device).to(dtype)  # K a multiple of NORMS_PAD
     with kernel_launches() as launched:
         indices, distances = vqvae_fast.codebook_argmin(z, codebook, precision, return_distance=True,
                                                         code_norms=code_norms(codebook))
