@@ -92,6 +92,31 @@ def test_estimate_overlaps_what_issues_under_the_mma():
     assert saved > 0 and a.terms["trip_latency"] - b.terms["trip_latency"] == pytest.approx(saved)
 
 
+def test_sass_reader_counts_blocks_the_loop_branches_over():
+    """A forward branch to a target inside the loop skips a block on some trips (e.g. a tile's
+    epilogue on its last step only): those instructions, less MMAs and FFMAs, are loop_guarded."""
+    assert sass.analyse(SASS).loop_guarded == 0
+    guarded = sass.analyse(SASS.replace(
+        "/*0090*/                   MUFU.EX2 R1, R2 ;",
+        "/*0090*/              @P2 BRA 0xb0 ;").replace(
+        "/*00a0*/                   FFMA R1, R2, R3, R4 ;",
+        "/*00a0*/                   FMNMX R1, R2, R3, PT ;"))
+    assert guarded.loop_guarded == 1
+
+
+def test_estimate_counts_guarded_blocks_once_per_guarded_every_trips():
+    work = _work(1, trips=64, tensor_flops=64 * 2 * 64 * 256 * 16 * 200, tensor_operand="bf16")
+    loop = sass.Counts(hgmma=2, instructions=802)
+    facts = _facts(instructions=802)
+    facts.sass = sass.SassFacts(total=loop, loop=loop, loops=1, loop_guarded=640)
+    every_trip = estimate_launch(work, facts, H100)
+    work.guarded_every = 8
+    eighth = estimate_launch(work, facts, H100)
+    clock = H100.clock
+    assert every_trip.terms["trip_issue"] == pytest.approx(800 / clock)
+    assert eighth.terms["trip_issue"] == pytest.approx((800 - 640 + 80) / clock)
+
+
 def _facts(registers=128, warps=4, shared=0, instructions=100) -> CompiledFacts:
     return CompiledFacts("k", "sm_90a", registers=registers, shared=shared, threads=32 * warps, num_warps=warps,
                          num_stages=1, sass=sass.SassFacts(total=sass.Counts(instructions=instructions)))

@@ -28,7 +28,9 @@ estimate. For one launch on a GPU (``hardware.py``) with ``P`` SMs:
      memory latency. The instructions the SASS issues between a warpgroup MMA and its wait
      (``sass.loop_overlapped``, e.g. a software-pipelined epilogue) run under the MMA: of
      ``t_mma + t_issue`` only ``max(t_mma, t_overlapped) + t_issue - t_overlapped`` remains.
-     Other resident CTAs hide this only when ``A`` of them are there: Little's law, in the
+     Instructions in blocks the loop branches over (``sass.loop_guarded``) count once per
+     ``work.guarded_every`` trips (the op's accounting says how often they run; default every
+     trip). Other resident CTAs hide this only when ``A`` of them are there: Little's law, in the
      ``max``.
 
    ``prologue`` is the latency and transfer of what a CTA loads before its loop. The partial last
@@ -141,6 +143,8 @@ def _per_cta_trip(work: LaunchWork, facts: CompiledFacts, gpu: Gpu) -> tuple[flo
         t_smem = sass.loop_mma_shared_bytes * issuers / (SMEM_BYTES_PER_CLOCK * gpu.clock) / per
     # FFMAs are the FMA FLOPs of t_mma; the rest issue one per clock per scheduler, MUFU slower
     other = counts.instructions - counts.tensor - counts.ffma - counts.mufu
+    if sass.loops and work.guarded_every > 1:  # blocks the loop skips on most trips
+        other -= sass.loop_guarded - sass.loop_guarded / work.guarded_every
     t_issue = _issue_time(other + MUFU_ISSUE * counts.mufu, warps, gpu) / per
     t_overlap = min(t_issue, _issue_time(sass.loop_overlapped, warps, gpu) / per) if sass.loops else 0.0
     return t_mma, t_issue, t_smem, t_overlap
