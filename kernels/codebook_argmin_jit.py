@@ -221,34 +221,43 @@ def _chunked_kernel(
     best_idx = tl.zeros([BLOCK_N], dtype=tl.int32)
     second = tl.full([BLOCK_N], float("inf"), tl.float32)
     second_idx = tl.zeros([BLOCK_N], dtype=tl.int32)
-    for tile in range(tile_begin, tile_end):
-        base = tile * BLOCK_K
+    # One loop over (tile, chunk) steps, not a loop over chunks inside a loop over tiles: the
+    # compiler's pipeline then runs across tile boundaries (the next tile's first chunks load
+    # while this tile's argmin runs) instead of draining and refilling once per tile.
+    chunks = tl.cdiv(D, BLOCK_D)
+    chunk = 0
+    base = tile_begin * BLOCK_K
+    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    for _ in range(0, (tile_end - tile_begin) * chunks):
         code_mask = (base + local) < K
-        code_off = (base + local).to(tl.int64) * stride_ek
-        acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-        for d0 in range(0, D, BLOCK_D):
-            d_off = (d0 + dims).to(tl.int64)
-            d_mask = (d0 + dims) < D
-            zt = tl.load(z_ptr + row_off[:, None] + d_off[None, :] * stride_zd,
-                         mask=row_mask[:, None] & d_mask[None, :], other=0.0)  # (BLOCK_N, BLOCK_D)
-            e_off = code_off[None, :] + d_off[:, None]  # (BLOCK_D, BLOCK_K)
-            if DOT == "tf32x3":  # prepared parts: padded columns, no mask along D
-                e_big = tl.load(e_ptr + e_off, mask=code_mask[None, :], other=0.0)
-                e_small = tl.load(es_ptr + e_off, mask=code_mask[None, :], other=0.0)
-                z_big, z_small = _split_tf32(zt.to(tl.float32))
-                acc = tl.dot(z_small, e_big, acc, input_precision="tf32")
-                acc = tl.dot(z_big, e_small, acc, input_precision="tf32")
-                acc = tl.dot(z_big, e_big, acc, input_precision="tf32")
-            else:
-                et = tl.load(e_ptr + e_off, mask=d_mask[:, None] & code_mask[None, :], other=0.0)
-                if DOT == "tf32":
-                    acc = tl.dot(zt.to(tl.float32), et.to(tl.float32), acc, input_precision="tf32")
-                else:
-                    acc = _native_dot(zt, et, acc)
-        enorm = tl.load(enorm_ptr + base + local)  # padded with +inf
-        if TRACK_SECOND:
-            best, best_idx, second, second_idx = _fold_two(acc, enorm, local, base, best, best_idx, second,
-                                                           second_idx)
+        d_off = (chunk * BLOCK_D + dims).to(tl.int64)
+        d_mask = (chunk * BLOCK_D + dims) < D
+        zt = tl.load(z_ptr + row_off[:, None] + d_off[None, :] * stride_zd,
+                     mask=row_mask[:, None] & d_mask[None, :], other=0.0)  # (BLOCK_N, BLOCK_D)
+        e_off = (base + local).to(tl.int64)[None, :] * stride_ek + d_off[:, None]  # (BLOCK_D, BLOCK_K)
+        if DOT == "tf32x3":  # prepared parts: padded columns, no mask along D
+            e_big = tl.load(e_ptr + e_off, mask=code_mask[None, :], other=0.0)
+            e_small = tl.load(es_ptr + e_off, mask=code_mask[None, :], other=0.0)
+            z_big, z_small = _split_tf32(zt.to(tl.float32))
+            acc = tl.dot(z_small, e_big, acc, input_precision="tf32")
+            acc = tl.dot(z_big, e_small, acc, input_precision="tf32")
+            acc = tl.dot(z_big, e_big, acc, input_precision="tf32")
         else:
-            best, best_idx = _fold(acc, enorm, local, base, best, best_idx)
+            et = tl.load(e_ptr + e_off, mask=d_mask[:, None] & code_mask[None, :], other=0.0)
+            if DOT == "tf32":
+                acc = tl.dot(zt.to(tl.float32), et.to(tl.float32), acc, input_precision="tf32")
+            else:
+                acc = _native_dot(zt, et, acc)
+        last = chunk == chunks - 1
+        if last:  # the tile's product is complete: its argmin, then the next tile
+            enorm = tl.load(enorm_ptr + base + local)  # padded with +inf
+            if TRACK_SECOND:
+                best, best_idx, second, second_idx = _fold_two(acc, enorm, local, base, best, best_idx, second,
+                                                               second_idx)
+            else:
+                best, best_idx = _fold(acc, enorm, local, base, best, best_idx)
+            acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+        # the next step's position, outside the branch: its loads do not wait for this argmin
+        base = tl.where(last, base + BLOCK_K, base)
+        chunk = tl.where(last, 0, chunk + 1)
     _publish(best_ptr, second_ptr, rows, row_mask, best, best_idx, second, second_idx, TRACK_SECOND)

@@ -12,10 +12,11 @@ rows, the codebook ``(K, D)`` in the same dtype (the benchmark's inputs); ``prec
     tile once (the prologue), then per codebook tile (the main loop) ``BLOCK_K x BLOCK_D`` of the
     codebook and ``BLOCK_K`` norms: ``2 BLOCK_N BLOCK_K BLOCK_D`` tensor FLOPs (``D`` padded to
     ``BLOCK_D``), one FFMA per distance in the argmin (the rest of it is in the loop's SASS);
-  - ``_chunked_kernel`` (fp32, and 16-bit ``D > 256``): per codebook tile (the outer loop) and per
-    ``BLOCK_D`` chunk (the main loop) ``BLOCK_N x BLOCK_D`` of ``z`` -- re-read from L2 for every
-    tile -- and ``BLOCK_D x BLOCK_K`` of the codebook (two parts for "tf32x3", which runs three
-    TF32 products); the argmin per tile, outside the main loop;
+  - ``_chunked_kernel`` (fp32, and 16-bit ``D > 256``): per step of its one loop (a ``BLOCK_D``
+    chunk of a codebook tile) ``BLOCK_N x BLOCK_D`` of ``z`` -- re-read from L2 for every tile --
+    and ``BLOCK_D x BLOCK_K`` of the codebook (two parts for "tf32x3", which runs three
+    TF32 products); the argmin on a tile's last step, a block the other steps branch
+    over (``guarded_every``);
 * finalize: the packed slots back to indices (fp32: re-rank two candidates, reading their rows
   of ``z`` and the codebook);
 * fp32 default: the pass over non-finite rows and codes, which for finite inputs reads each row
@@ -103,7 +104,7 @@ def _work(case: StaticCase, launch) -> LaunchWork:
         products = 3 if t["DOT"] == "tf32x3" else 1
         tiles = args["tiles_per_split"]
         chunks = cdiv(d, bd)
-        lw.outer_trips = tiles
+        lw.guarded_every = chunks  # the argmin runs on each tile's last step
         lw.trips = tiles * chunks
         lw.trip_load_bytes = bn * bd * zs + parts * bd * bk * es
         lw.tensor_flops = grid * tiles * 2 * bn * bk * chunks * bd * products
@@ -112,7 +113,7 @@ def _work(case: StaticCase, launch) -> LaunchWork:
         lw.l2_bytes = grid * lw.trips * lw.trip_load_bytes + grid * tiles * bk * 4
         lw.store_bytes = 8 * n * (2 if t["TRACK_SECOND"] else 1)
         lw.dram_bytes = n * d * zs + parts * k * d * es + 4 * k + 2 * lw.store_bytes
-        lw.notes.append(f"z re-read from L2 for each of {tiles} codebook tiles; the loop over D restarts per tile")
+        lw.notes.append(f"z re-read from L2 for each of {tiles} codebook tiles; one loop over (tile, chunk) steps")
         if products > 1:
             lw.notes.append("three TF32 products (the fp32 default's accuracy): 3x the TF32 floor's FLOPs")
         _common_notes(lw, args, d, chunks * bd)
