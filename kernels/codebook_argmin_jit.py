@@ -225,10 +225,13 @@ def _chunked_kernel(
     # compiler's pipeline then runs across tile boundaries (the next tile's first chunks load
     # while this tile's argmin runs) instead of draining and refilling once per tile.
     chunks = tl.cdiv(D, BLOCK_D)
-    chunk = 0
-    base = tile_begin * BLOCK_K
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-    for _ in range(0, (tile_end - tile_begin) * chunks):
+    for step in range(0, (tile_end - tile_begin) * chunks):
+        # the step's tile and chunk from the loop index alone: the loads' addresses do not
+        # depend on the previous step's argmin, so the pipeline can issue them ahead
+        tile_step = step // chunks
+        chunk = step - tile_step * chunks
+        base = (tile_begin + tile_step) * BLOCK_K
         code_mask = (base + local) < K
         d_off = (chunk * BLOCK_D + dims).to(tl.int64)
         d_mask = (chunk * BLOCK_D + dims) < D
@@ -248,8 +251,7 @@ def _chunked_kernel(
                 acc = tl.dot(zt.to(tl.float32), et.to(tl.float32), acc, input_precision="tf32")
             else:
                 acc = _native_dot(zt, et, acc)
-        last = chunk == chunks - 1
-        if last:  # the tile's product is complete: its argmin, then the next tile
+        if chunk == chunks - 1:  # the tile's product is complete: its argmin, then the next tile
             enorm = tl.load(enorm_ptr + base + local)  # padded with +inf
             if TRACK_SECOND:
                 best, best_idx, second, second_idx = _fold_two(acc, enorm, local, base, best, best_idx, second,
@@ -257,7 +259,4 @@ def _chunked_kernel(
             else:
                 best, best_idx = _fold(acc, enorm, local, base, best, best_idx)
             acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-        # the next step's position, outside the branch: its loads do not wait for this argmin
-        base = tl.where(last, base + BLOCK_K, base)
-        chunk = tl.where(last, 0, chunk + 1)
     _publish(best_ptr, second_ptr, rows, row_mask, best, best_idx, second, second_idx, TRACK_SECOND)
