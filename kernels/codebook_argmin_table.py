@@ -42,7 +42,7 @@ CHUNKED_TILES = {
                "general": {"sm_80": (128, 64, 32, 8, 3), "sm_90a": (128, 64, 64, 8, 3)}},
     "tf32": {"aligned": {"sm_80": (128, 128, 32, 8, 3), "sm_90a": (128, 128, 32, 8, 4)},
              "general": {"sm_80": (128, 64, 32, 8, 3), "sm_90a": (128, 64, 32, 8, 3)}},
-    "tf32x3": {"aligned": {"sm_80": (128, 64, 16, 8, 4), "sm_90a": (128, 128, 32, 8, 3)},
+    "tf32x3": {"aligned": {"sm_80": (128, 64, 16, 8, 4), "sm_90a": (128, 64, 32, 8, 3)},
                "general": {"sm_80": (128, 64, 16, 8, 3), "sm_90a": (128, 64, 16, 8, 3)}},
 }
 #: the largest D the resident kernel takes
@@ -66,7 +66,9 @@ _LATENT_INTS = ("N", "item_blocks", "stride_zb", "stride_zw", "stride_zd")
 _ALL_INTS = _LATENT_INTS + ("K", "D", "stride_ek", "num_splits", "tiles_per_split")
 
 #: (kernel, tile key) -> {arch: CTAs per SM} the entries promise (what the compile gate measures):
-#: the search kernels hold one or two 128-row tiles of fp32 distances, one CTA of 8 warps per SM
+#: the search kernels hold one or two 128-row tiles of fp32 distances, one CTA of 8 warps per SM;
+#: on sm_90a the three-product tiles are 64 codes wide, two CTAs per SM, so that one CTA's
+#: serialised register-operand MMAs and operand split overlap the other's
 _OCCUPANCY = {
     ("_code_norms_kernel", False): {"sm_80": 7, "sm_90a": 7},
     ("_code_norms_kernel", True): {"sm_80": 7, "sm_90a": 8},
@@ -75,7 +77,7 @@ _OCCUPANCY = {
     ("_finalize_kernel", "rerank"): {"sm_80": 6, "sm_90a": 7},
     ("_nonfinite_kernel", None): {"sm_80": 4, "sm_90a": 4},
     **{("_resident_kernel", d): {"sm_80": 1, "sm_90a": 1} for d in RESIDENT_TILES},
-    **{("_chunked_kernel", kind): {"sm_80": 1, "sm_90a": 1} for kind in CHUNKED_TILES},
+    **{("_chunked_kernel", kind): {"sm_80": 1, "sm_90a": 2 if kind == "tf32x3" else 1} for kind in CHUNKED_TILES},
 }
 
 
