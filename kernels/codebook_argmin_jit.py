@@ -24,8 +24,9 @@ codebook across programs stays deterministic and needs no partial buffers.
   ``t + 1`` is issued before the argmin of tile ``t``, so the tensor cores work while the CUDA
   cores reduce, and the compiler's pipeline (``num_stages >= 3``) keeps the codebook loads two
   tiles ahead. 16-bit products are exact in fp32, accumulated in fp32.
-* ``_chunked_kernel``: ``D`` in ``BLOCK_D`` chunks inside each codebook tile (the latent chunk is
-  re-read from L2 per tile). Dot kinds: ``"native"`` (fp16 / bf16, ``D > 256``), ``"tf32"``
+* ``_chunked_kernel``: one loop over (codebook tile, ``BLOCK_D`` chunk of ``D``) steps, the tile's
+  argmin on its last chunk, so the compiler's load pipeline runs across tiles (the latent chunk
+  is re-read from L2 per tile). Dot kinds: ``"native"`` (fp16 / bf16, ``D > 256``), ``"tf32"``
   (fp32 operands, one TF32 product) and ``"tf32x3"`` (fp32 on tensor cores with three TF32
   products: ``z = z_big + z_small`` split here, the codebook's ``e_big`` / ``e_small`` prepared
   once per call; ``z.e ~ z_big.e_big + z_small.e_big + z_big.e_small``, the dropped
