@@ -66,9 +66,19 @@ def assert_argmin_matches(z, codebook, indices, distances=None):
                                    rtol=1e-5, atol=float(tol.max()))
 
 
+def expected_launches(z_dtype, e_dtype, D, precision):
+    """The kernels a call with these dtypes, code dimension and precision launches."""
+    native = z_dtype == e_dtype and z_dtype in (torch.float16, torch.bfloat16)
+    if native:
+        return ["_code_norms_kernel", "_resident_kernel" if D <= 256 else "_chunked_kernel", "_finalize_kernel"]
+    exact = precision == "ieee" or D < 16  # three TF32 products: the exact pass over non-finite values
+    return ["_code_norms_kernel", "_chunked_kernel", "_finalize_kernel"] + ["_nonfinite_kernel"] * exact
+
+
 # (N, K, D, dtype, layout, precision): every N, K, D, dtype, layout and precision appears, with
-# small D padded to the dot size, tails in every dimension and several codebook tiles; the last
-# three have 16-aligned shapes and strides (the kernels' "aligned" tile configurations).
+# small D padded to the dot size, tails in every dimension, several codebook tiles, every padded D
+# of the resident kernel (64, 128, 256) and D > 256 (chunked); the last three have 16-aligned
+# shapes and strides (the chunked kernel's "aligned" tile configurations).
 CASES = [
     (1, 1, 3, torch.float32, "rows", "ieee"),
     (5, 2, 4, torch.float16, "nchw", "ieee"),
@@ -81,6 +91,10 @@ CASES = [
     (4096, 2, 3, torch.float32, "nchw", "fast"),
     (1, 1024, 4, torch.bfloat16, "nchw", "ieee"),
     (5, 17, 256, torch.float32, "channels_last", "ieee"),
+    (300, 200, 100, torch.float16, "nchw", "ieee"),
+    (5, 140, 300, torch.bfloat16, "rows", "fast"),
+    (512, 256, 272, torch.float16, "nchw", "ieee"),
+    (512, 256, 48, torch.float32, "nchw", "fast"),
     (4096, 1024, 16, torch.float32, "nchw", "ieee"),
     (512, 256, 32, torch.float32, "channels_last", "fast"),
     (512, 256, 64, torch.float16, "channels_last", "fast"),
@@ -99,7 +113,7 @@ def test_triton_matches_fp64_reference(triton_device, case):
     codebook = torch.randn(K, D, device=triton_device).to(dtype)
     with kernel_launches() as launched:
         indices, distances = vqvae_fast.codebook_argmin(z, codebook, precision, return_distance=True)
-    assert launched == ["_code_norms_kernel", "_codebook_argmin_kernel", "_finalize_kernel"]
+    assert launched == expected_launches(dtype, dtype, D, precision)
     expected_shape = (z.shape[0], z.shape[2], z.shape[3]) if z.dim() == 4 else (N,)
     assert indices.shape == expected_shape
     assert_argmin_matches(z, codebook, indices, distances)
@@ -169,7 +183,7 @@ def test_codebook_splits_give_identical_results(triton_device):
     assert_argmin_matches(z, codebook, *results[0])
 
 
-def test_fast_rerank_picks_the_closer_of_its_two_candidates(triton_device):
+def test_rerank_picks_the_closer_of_its_two_candidates(triton_device):
     """The interpreter's TF32 is exact, so drive the re-rank directly: slots naming a worse
     best and a better runner-up must come out as the better code (and ties as the lower one)."""
     from vqvae_fast.kernels import codebook_argmin as kernels
@@ -180,8 +194,8 @@ def test_fast_rerank_picks_the_closer_of_its_two_candidates(triton_device):
     best = torch.tensor([key | 0, key | 1, key | 3, key | 0], device=triton_device)
     second = torch.tensor([key | 1, key | 2, key | 1, key | 9], device=triton_device)  # 9: padding code
     distances = torch.empty(4, device=triton_device)
-    kernels.jit._finalize_kernel[(1,)](
-        z, codebook, best, second, distances, 4, 4, 2, 4, 0, z.stride(0), z.stride(1),
+    kernels.fin._finalize_kernel[(1,)](
+        z, codebook, best, second, distances, 4, 4, 2, 1, 0, z.stride(0), z.stride(1),
         codebook.stride(0), codebook.stride(1), RERANK=True, WITH_DISTANCE=True, BLOCK_N=16, BLOCK_D=16,
     )
     assert best.tolist() == [1, 2, 1, 0]
@@ -203,6 +217,24 @@ def test_fast_equals_ieee_without_near_ties(triton_device):
     clear = (best2[:, 1] - best2[:, 0]) > band
     assert clear.float().mean() > 0.5
     assert torch.equal(ieee.cpu()[clear], fast.cpu()[clear])
+
+
+@pytest.mark.parametrize("dtype,precision", [(torch.bfloat16, "ieee"), (torch.float32, "fast"), (torch.float32, "ieee")])
+def test_given_code_norms_skip_the_norm_launch(triton_device, dtype, precision):
+    """Norms the caller keeps (as a quantizer does) replace the norm launch, except where the
+    launch also prepares the codebook's TF32 parts (fp32 at the default precision) or ``K`` needs
+    the +inf padding of the norms (not a multiple of 128: then they are computed as usual)."""
+    from vqvae_fast.ops.codebook_argmin import code_norms
+
+    z = make_latents(300, 32, dtype, "nchw", triton_device)
+    codebook = torch.randn(256, 32, device=triton_device).to(dtype)  # K a multiple of NORMS_PAD
+    with kernel_launches() as launched:
+        indices, distances = vqvae_fast.codebook_argmin(z, codebook, precision, return_distance=True,
+                                                        code_norms=code_norms(codebook))
+    prepares = dtype == torch.float32 and precision == "ieee"
+    expected = expected_launches(dtype, dtype, 32, precision)
+    assert launched == (expected if prepares else expected[1:])
+    assert_argmin_matches(z, codebook, indices, distances)
 
 
 @pytest.mark.parametrize("shape", [(0, 8), (0, 8, 4, 4), (2, 8, 0, 3)])

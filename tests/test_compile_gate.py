@@ -41,9 +41,9 @@ def test_every_table_entry_compiles_within_its_promises(op, gate_available, caps
     compiled = sorted((r["name"], r["arch"]) for r in results)
     assert compiled == sorted((e.name, arch) for e in table for arch in e.archs)  # all of it, once
     assert {r["arch"] for r in results} == set(ARCHS)
-    if op == "codebook_argmin":  # "ieee" never runs on tensor cores (no TF32)
-        ieee = [r for r in results if "DOT=ieee" in r["name"]]
-        assert ieee and not any(r["tensor_core_ops"] for r in ieee)
+    if op == "codebook_argmin":  # the fp32 default's three TF32 products run on tensor cores
+        three = [r for r in results if "DOT=tf32x3" in r["name"]]
+        assert three and all(r["tensor_core_ops"] for r in three)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -255,3 +255,28 @@ def test_cuda_tiles_with_overlapped_host_copies(storage):
         out = model.decode(z)
     assert rel(out, expected) <= 2e-3
     assert ("host" in last_plan(model.decoder).tiers) == (storage == "host")
+
+
+@pytest.mark.parametrize("kind", ["reference", "fast", "icetk"])
+def test_icetk_hvqvae_encoder_and_every_decoder(kind):
+    """CogVideo's tokenizer: icetk's own modules, our reference and our fast model, tiled."""
+    from vqvae_fast import icetk as fast_icetk
+    from vqvae_fast.reference import icetk as ref_icetk
+    config = ref_icetk.tiny_config()
+    if kind == "icetk":
+        from icetk_peer import build_icetk  # skips without icetk's code
+        model = build_icetk(config)
+    else:
+        torch.manual_seed(0)
+        model = (ref_icetk.HVQVAE if kind == "reference" else fast_icetk.HVQVAE).from_config(config)
+    model = peers.randomize_norms(model).eval()
+    x = torch.randn(2, 3, 40, 56)
+    with torch.no_grad():
+        h_expected = model.enc(x)
+        images = [dec(h_expected) for dec in model.decs]
+        configured = vqvae_fast.memory_budget(model, "lean", tiles=(2, 3))
+        assert configured == ["enc", "decs.0", "decs.1", "decs.2"]
+        h = model.enc(x)
+        assert rel(h, h_expected) <= 1e-5
+        for dec, expected in zip(model.decs, images):
+            assert rel(dec(h_expected), expected) <= 1e-5

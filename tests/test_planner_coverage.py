@@ -183,7 +183,7 @@ def test_codebook_argmin_plans_stay_in_the_table():
     for capability, shape, K, z_dtype, e_dtype, layout, precision, distance in itertools.product(
         CAPABILITIES,
         ((1, 256, 16, 16), (4, 4, 20, 20), (2, 3, 1, 5), (8, 32, 32, 32), (1, 8, 1, 1), (1, 8, 16, 16),
-         (2, 48, 16, 16), (4, 24, 20, 20), (1, 1, 16, 16)),
+         (2, 48, 16, 16), (4, 24, 20, 20), (1, 1, 16, 16), (1, 100, 16, 16), (2, 272, 16, 16)),
         (17, 1024), dtypes, dtypes, ("nchw", "channels_last", "rows", "strided"), ("ieee", "fast"),
         (False, True),
     ):

@@ -106,8 +106,11 @@ def _codebook_argmin(z_shape, codebook_shape, precision, dtype=torch.float32):
         from vqvae_fast.kernels import codebook_argmin as K
 
         z, codebook = _meta(z_shape, dtype), _meta(codebook_shape, dtype)
-        names = ["_code_norms_kernel", "_codebook_argmin_kernel", "_finalize_kernel"]
-        return _capture(K.jit, names, lambda: K.codebook_argmin(z, codebook, precision, True))
+        run = lambda: K.codebook_argmin(z, codebook, precision, True)  # noqa: E731
+        log = []
+        log += _capture(K.fin, ["_code_norms_kernel", "_finalize_kernel", "_nonfinite_kernel"],
+                        lambda: log.extend(_capture(K.jit, ["_resident_kernel", "_chunked_kernel"], run)))
+        return log
 
     return launches
 
@@ -161,7 +164,8 @@ def _qkv(make):
 GN_SPLIT = {"_gn_fwd_partial_stats_kernel", "_gn_fwd_combine_kernel", "_gn_fwd_apply_kernel",
             "_gn_bwd_partial_kernel", "_gn_bwd_group_kernel", "_gn_bwd_dx_kernel", "_gn_bwd_affine_kernel"}
 GN_FUSED = {"_gn_fwd_fused_kernel", "_gn_bwd_fused_kernel", "_gn_bwd_affine_kernel"}
-ARGMIN = {"_code_norms_kernel", "_codebook_argmin_kernel", "_finalize_kernel"}
+ARGMIN = {"_code_norms_kernel", "_chunked_kernel", "_finalize_kernel"}  # fp32 latents
+ARGMIN_16_BIT = {"_code_norms_kernel", "_resident_kernel", "_finalize_kernel"}  # fp16 / bf16, D <= 256
 ATTENTION = {"_forward_kernel", "_delta_kernel", "_dkdv_kernel", "_dq_kernel"}
 ATTENTION_ROWS = {"_scores_kernel", "_attend_kernel", "_delta_kernel", "_score_grads_kernel", "_bmm_kernel"}
 CL = torch.channels_last
@@ -178,11 +182,12 @@ PROBLEMS = {
     "group_norm S = 2^30 (refused)": (_group_norm((1, 1, 2**30), 1), None),
     "group_norm N * G = 2^31 (refused)": (_group_norm((2**26, 32), 32), None),
     "codebook_argmin nchw fp16 16x256x1024x1024, codebook 2^24x256":
-        (_codebook_argmin((16, 256, 1024, 1024), (2**24, 256), "ieee", torch.float16), ARGMIN),
+        (_codebook_argmin((16, 256, 1024, 1024), (2**24, 256), "ieee", torch.float16), ARGMIN_16_BIT),
     "codebook_argmin 2^31 + 1000 rows, fast": (_codebook_argmin((2**31 + 1000, 2), (1000, 2), "fast"), ARGMIN),
     "codebook_argmin 2x4x2^15x(2^15+3) across items, fast":
         (_codebook_argmin((2, 4, 2**15, 2**15 + 3), (512, 4), "fast"), ARGMIN),
-    "codebook_argmin bf16 rows 2^24x256": (_codebook_argmin((2**24, 256), (4096, 256), "ieee", torch.bfloat16), ARGMIN),
+    "codebook_argmin bf16 rows 2^24x256":
+        (_codebook_argmin((2**24, 256), (4096, 256), "ieee", torch.bfloat16), ARGMIN_16_BIT),
     "spatial_attention 32x512x2^18 (head 512)":
         (_attention(_qkv(lambda: _meta((32, 512, 2**18)))), ATTENTION_ROWS),
     "spatial_attention bf16 64x256x2^18":

@@ -63,6 +63,60 @@ def test_sass_reader_finds_the_hot_loop_its_pipelining_and_mma_costs():
     assert sass.SassFacts.from_dict(json.loads(json.dumps(facts.as_dict()))) == facts
 
 
+def test_sass_reader_counts_what_issues_under_the_warpgroup_mma():
+    """Instructions between an HGMMA and the WARPGROUP.DEPBAR waiting for it run while the tensor
+    cores work (a software-pipelined epilogue); FFMAs and MMAs are not counted (the MMA term)."""
+    assert sass.analyse(SASS).loop_overlapped == 0  # waited on right after the MMAs
+    epilogue = "FMNMX R5, R6, R7, PT ;\n        /*0078*/                   SHFL.BFLY PT, R1, R2, 0x1, 0x1f ;"
+    overlapped = sass.analyse(SASS.replace(
+        "/*0070*/                   HGMMA.64x256x16.F32.BF16 R24, R172, gdesc[UR8], R24, gsb0 ;",
+        "/*0070*/                   HGMMA.64x256x16.F32.BF16 R24, R172, gdesc[UR8], R24, gsb0 ;\n"
+        "        /*0074*/                   " + epilogue))
+    assert overlapped.loop_overlapped == 2
+
+
+def test_estimate_overlaps_what_issues_under_the_mma():
+    """One CTA's chain per trip: the MMA and the instructions issued under it overlap, the rest
+    follows; with nothing under the MMA, both in series."""
+    work = _work(1, trips=100, tensor_flops=100 * 2 * 64 * 256 * 16 * 200, tensor_operand="bf16")
+    loop = sass.Counts(hgmma=2, instructions=402)
+    serial = _facts(instructions=402)
+    serial.sass = sass.SassFacts(total=loop, loop=loop, loops=1, loop_overlapped=0)
+    overlapped = _facts(instructions=402)
+    overlapped.sass = sass.SassFacts(total=loop, loop=loop, loops=1, loop_overlapped=300)
+    a, b = estimate_launch(work, serial, H100), estimate_launch(work, overlapped, H100)
+    t_mma, clock = a.terms["trip_mma"], H100.clock
+    assert a.terms["trip_issue"] == pytest.approx(400 / clock)  # 4 warps: one per scheduler
+    # the same latency and load terms in both: the difference is the overlap alone
+    saved = (t_mma + 400 / clock) - (max(t_mma, 300 / clock) + 100 / clock)
+    assert saved > 0 and a.terms["trip_latency"] - b.terms["trip_latency"] == pytest.approx(saved)
+
+
+def test_sass_reader_counts_blocks_the_loop_branches_over():
+    """A forward branch to a target inside the loop skips a block on some trips (e.g. a tile's
+    epilogue on its last step only): those instructions, less MMAs and FFMAs, are loop_guarded."""
+    assert sass.analyse(SASS).loop_guarded == 0
+    guarded = sass.analyse(SASS.replace(
+        "/*0090*/                   MUFU.EX2 R1, R2 ;",
+        "/*0090*/              @P2 BRA 0xb0 ;").replace(
+        "/*00a0*/                   FFMA R1, R2, R3, R4 ;",
+        "/*00a0*/                   FMNMX R1, R2, R3, PT ;"))
+    assert guarded.loop_guarded == 1
+
+
+def test_estimate_counts_guarded_blocks_once_per_guarded_every_trips():
+    work = _work(1, trips=64, tensor_flops=64 * 2 * 64 * 256 * 16 * 200, tensor_operand="bf16")
+    loop = sass.Counts(hgmma=2, instructions=802)
+    facts = _facts(instructions=802)
+    facts.sass = sass.SassFacts(total=loop, loop=loop, loops=1, loop_guarded=640)
+    every_trip = estimate_launch(work, facts, H100)
+    work.guarded_every = 8
+    eighth = estimate_launch(work, facts, H100)
+    clock = H100.clock
+    assert every_trip.terms["trip_issue"] == pytest.approx(800 / clock)
+    assert eighth.terms["trip_issue"] == pytest.approx((800 - 640 + 80) / clock)
+
+
 def _facts(registers=128, warps=4, shared=0, instructions=100) -> CompiledFacts:
     return CompiledFacts("k", "sm_90a", registers=registers, shared=shared, threads=32 * warps, num_warps=warps,
                          num_stages=1, sass=sass.SassFacts(total=sass.Counts(instructions=instructions)))

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from .sass import SassFacts, analyse
 
 #: bump when the stored facts change meaning or format
-FACTS_VERSION = 3
+FACTS_VERSION = 5
 
 
 def cuobjdump() -> str:

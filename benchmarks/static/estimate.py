@@ -25,8 +25,13 @@ estimate. For one launch on a GPU (``hardware.py``) with ``P`` SMs:
      ``sass.py``; the entry's ``num_stages`` for TMA copies),
      ``max(t_mma + t_issue, (L + b / bw_sm) / (S - 1))``; with ``S = 1`` (loads
      waited on before use, or plain loads) ``t_mma + t_issue + L + b / bw_sm``, ``L`` the
-     memory latency. Other resident CTAs hide this only when ``A`` of them are there: Little's
-     law, in the ``max``.
+     memory latency. The instructions the SASS issues between a warpgroup MMA and its wait
+     (``sass.loop_overlapped``, e.g. a software-pipelined epilogue) run under the MMA: of
+     ``t_mma + t_issue`` only ``max(t_mma, t_overlapped) + t_issue - t_overlapped`` remains.
+     Instructions in blocks the loop branches over (``sass.loop_guarded``) count once per
+     ``work.guarded_every`` trips (the op's accounting says how often they run; default every
+     trip). Other resident CTAs hide this only when ``A`` of them are there: Little's law, in the
+     ``max``.
 
    ``prologue`` is the latency and transfer of what a CTA loads before its loop. The partial last
    wave costs its whole duration, however few CTAs it holds.
@@ -120,8 +125,9 @@ def _throughput(work: LaunchWork, gpu: Gpu) -> dict:
     }
 
 
-def _per_cta_trip(work: LaunchWork, facts: CompiledFacts, gpu: Gpu) -> tuple[float, float, float]:
-    """``(t_mma, t_issue, t_smem)`` of one CTA's trip on one SM."""
+def _per_cta_trip(work: LaunchWork, facts: CompiledFacts, gpu: Gpu) -> tuple[float, float, float, float]:
+    """``(t_mma, t_issue, t_smem, t_overlap)`` of one CTA's trip on one SM; ``t_overlap``: the part
+    of ``t_issue`` its SASS issues while its warpgroup MMAs run (``sass.loop_overlapped``)."""
     grid = max(work.grid, 1)
     trips = max(work.trips, 1)
     tensor = work.tensor_flops / grid / trips
@@ -137,8 +143,11 @@ def _per_cta_trip(work: LaunchWork, facts: CompiledFacts, gpu: Gpu) -> tuple[flo
         t_smem = sass.loop_mma_shared_bytes * issuers / (SMEM_BYTES_PER_CLOCK * gpu.clock) / per
     # FFMAs are the FMA FLOPs of t_mma; the rest issue one per clock per scheduler, MUFU slower
     other = counts.instructions - counts.tensor - counts.ffma - counts.mufu
+    if sass.loops and work.guarded_every > 1:  # blocks the loop skips on most trips
+        other -= sass.loop_guarded - sass.loop_guarded / work.guarded_every
     t_issue = _issue_time(other + MUFU_ISSUE * counts.mufu, warps, gpu) / per
-    return t_mma, t_issue, t_smem
+    t_overlap = min(t_issue, _issue_time(sass.loop_overlapped, warps, gpu) / per) if sass.loops else 0.0
+    return t_mma, t_issue, t_smem, t_overlap
 
 
 def _issue_time(instructions: int, warps: int, gpu: Gpu) -> float:
@@ -161,15 +170,16 @@ def _source(work: LaunchWork, gpu: Gpu, active_sms: int) -> tuple[float, float]:
 
 def _wave(work, facts, gpu, resident: int, active_sms: int, stages: int) -> tuple[float, dict]:
     """Time of one wave with ``resident`` CTAs per SM on ``active_sms`` SMs, and its parts."""
-    t_mma, t_issue, t_smem = _per_cta_trip(work, facts, gpu)
+    t_mma, t_issue, t_smem, t_overlap = _per_cta_trip(work, facts, gpu)
     latency, bw_sm = _source(work, gpu, active_sms)
     b = work.trip_load_bytes
     t_load = b / bw_sm
     compute = max(t_mma, t_smem)
+    busy = max(compute, t_overlap) + t_issue - t_overlap  # what issues under the MMAs overlaps them
     if stages > 1:
-        chain = max(compute + t_issue, (latency + t_load) / (stages - 1))
+        chain = max(busy, (latency + t_load) / (stages - 1))
     else:
-        chain = compute + t_issue + latency + t_load
+        chain = busy + latency + t_load
     parts = {"mma": resident * t_mma, "smem": resident * t_smem, "issue": resident * t_issue,
              "transfer": resident * t_load, "latency": chain}
     trip = max(parts.values())

@@ -88,6 +88,14 @@ class SassFacts:
     #: a nested loop's epilogue, e.g. argmin's per-tile minimum); 0 when the hot loop is outermost
     outer_instructions: int = 0
     loop_mma_shared_bytes: int = 0
+    #: instructions of the hot loop issued while its warpgroup MMAs run: in loop order from the
+    #: first HGMMA to the ``WARPGROUP.DEPBAR`` that waits for it, neither MMAs nor FFMAs (those
+    #: are in the MMA term); e.g. a software-pipelined epilogue of the previous tile
+    loop_overlapped: int = 0
+    #: instructions of the hot loop in blocks a forward branch inside it can skip (e.g. an
+    #: epilogue run on the last step of each tile only), neither MMAs nor FFMAs; the estimate
+    #: counts them once per ``LaunchWork.guarded_every`` trips
+    loop_guarded: int = 0
 
     @property
     def stages_in_effect(self) -> int | None:
@@ -235,4 +243,33 @@ def analyse(sass: str) -> SassFacts:
             flops, shared = _mma_cost(i)
             facts.loop_mma_flops += flops
             facts.loop_mma_shared_bytes += shared
+    facts.loop_overlapped = _overlapped(body)
+    facts.loop_guarded = _guarded(body, hot[1])
     return facts
+
+
+def _guarded(body, end: int) -> int:
+    """Instructions (other than MMAs and FFMAs) that a forward branch inside the loop jumps over,
+    to a target inside the loop: blocks that do not run on every trip."""
+    skipped = set()
+    for i in body:
+        target = _BRANCH_TARGET.search(i.operands) if i.op == "BRA" else None
+        if target and i.addr < int(target.group(1), 16) <= end:
+            skipped.update(j.addr for j in body if i.addr < j.addr < int(target.group(1), 16))
+    return sum(1 for j in body if j.addr in skipped and j.op not in ("HGMMA", "HMMA", "FFMA"))
+
+
+def _overlapped(body) -> int:
+    """Instructions issued between the loop's first HGMMA and the ``WARPGROUP.DEPBAR`` that waits
+    for it (in loop order, wrapping around the back edge), other than MMAs and FFMAs."""
+    first = next((n for n, i in enumerate(body) if i.op == "HGMMA"), None)
+    if first is None:
+        return 0
+    count = 0
+    for step in range(1, len(body)):
+        i = body[(first + step) % len(body)]
+        if i.op == "WARPGROUP" and i.mods.startswith(".DEPBAR"):
+            return count
+        if i.op not in ("HGMMA", "FFMA", "WARPGROUP"):
+            count += 1
+    return 0  # no wait in the loop: nothing known to overlap

@@ -61,6 +61,9 @@ class LaunchWork:
     #: restarts the main loop's pipeline (its first loads are not ahead) and runs the outer
     #: loop's own instructions (``sass.outer_instructions``); 0: the main loop is not nested
     outer_trips: int = 0
+    #: main-loop trips per run of the blocks its SASS branches over (``sass.loop_guarded``, e.g.
+    #: an epilogue on each tile's last step); 1: counted on every trip
+    guarded_every: int = 1
     torch_efficiency: float = 1.0  # a PyTorch op: the fraction of the peak its library reaches
     notes: list = field(default_factory=list)
 

@@ -2,17 +2,25 @@
 
 The launcher (``kernels/codebook_argmin.py``) plans on ``meta`` tensors: ``z`` as ``(N, D)``
 rows, the codebook ``(K, D)`` in the same dtype (the benchmark's inputs); ``precision`` "ieee"
-(the default) or "fast" (the ``vqvae_fast-fast`` provider; TF32 for fp32 inputs). Per call:
+(the default) or "fast" (the ``vqvae_fast-fast`` provider). Per call:
 
-* ``torch.full`` of the int64 best slots (and, for TF32, the runner-up slots): ``8 N`` bytes each;
-* code norms: read the codebook once;
-* the main kernel, grid ``row blocks x splits``: per codebook tile (the outer loop, ``BLOCK_K``
-  codes) and per ``BLOCK_D`` chunk of ``D`` (the main loop) a CTA loads ``BLOCK_N x BLOCK_D``
-  of ``z`` and ``BLOCK_D x BLOCK_K`` of the codebook: ``z`` is re-read from L2 for every tile.
-  ``2 BLOCK_N BLOCK_K D_padded`` FLOPs per tile, on tensor cores (native, TF32) or FMA units
-  ("ieee"); per tile an epilogue (distances, row minimum and its index) outside the main loop;
-* finalize: the packed slots back to indices (TF32: also re-rank two candidates, reading their
-  rows of ``z`` and the codebook).
+* ``torch.full`` of the int64 best slots (and, for fp32 inputs, the runner-up slots): ``8 N``;
+* code norms: read the codebook once (fp32 default: twice, and write its two TF32 parts);
+* the search, grid ``row blocks x splits``:
+
+  - ``_resident_kernel`` (fp16 / bf16, ``D <= 256``): a CTA loads its ``BLOCK_N x BLOCK_D`` latent
+    tile once (the prologue), then per codebook tile (the main loop) ``BLOCK_K x BLOCK_D`` of the
+    codebook and ``BLOCK_K`` norms: ``2 BLOCK_N BLOCK_K BLOCK_D`` tensor FLOPs (``D`` padded to
+    ``BLOCK_D``), one FFMA per distance in the argmin (the rest of it is in the loop's SASS);
+  - ``_chunked_kernel`` (fp32, and 16-bit ``D > 256``): per step of its one loop (a ``BLOCK_D``
+    chunk of a codebook tile) ``BLOCK_N x BLOCK_D`` of ``z`` -- re-read from L2 for every tile --
+    and ``BLOCK_D x BLOCK_K`` of the codebook (two parts for "tf32x3", which runs three
+    TF32 products); the argmin on a tile's last step, a block the other steps branch
+    over (``guarded_every``);
+* finalize: the packed slots back to indices (fp32: re-rank two candidates, reading their rows
+  of ``z`` and the codebook);
+* fp32 default: the pass over non-finite rows and codes, which for finite inputs reads each row
+  of ``z`` and its chosen code once.
 """
 
 from __future__ import annotations
@@ -24,12 +32,19 @@ from vqvae_fast.kernels import codebook_argmin as launcher
 from .work import BYTES, LaunchWork, StaticCase, cdiv, meta, recorded
 
 TABLE = "vqvae_fast.kernels.codebook_argmin_table"
-#: fp32 operations per distance in the epilogue (norm - 2 dot, NaN test, min, index compare)
-EPILOGUE_FLOPS = 5
+#: FMA-unit FLOPs per distance in the argmin: the FFMA of ``||e||^2 - 2 z.e`` (its other
+#: instructions -- max, min, compare, select -- are counted from the SASS as issue)
+EPILOGUE_FLOPS = 2
 
 
 def precision(case: StaticCase) -> str:
     return "fast" if case.provider == "vqvae_fast-fast" else "ieee"
+
+
+def peak_dtype(case: StaticCase) -> str:
+    """The rate of the floor (as ``benchmarks/definitions.py``'s ``peak_dtype``): fp32 inputs run
+    their products on tensor cores in both precisions (TF32 parts), so their floor is TF32's."""
+    return "tf32" if case.dtype == "fp32" else case.dtype
 
 
 def launches(case: StaticCase, capability: int, sms: int) -> list[LaunchWork]:
@@ -58,31 +73,50 @@ def _work(case: StaticCase, launch) -> LaunchWork:
         e = k * d * BYTES[pointers["e_ptr"]]
         lw.trips = cdiv(d, t["BLOCK_D"])
         lw.trip_load_bytes = t["BLOCK_K"] * t["BLOCK_D"] * BYTES[pointers["e_ptr"]]
-        lw.l2_bytes, lw.store_bytes, lw.dram_bytes = e, 4 * k, e + 4 * k
-        lw.fma_flops = 2 * k * d
-    elif kernel == "_codebook_argmin_kernel":
+        lw.l2_bytes, lw.store_bytes, lw.fma_flops = e, 4 * k, 2 * k * d
+        if t["PREPARE"]:  # a second read, and the parts (and a flag per code) written
+            parts = 2 * 4 * k * args["stride_pk"]
+            lw.trips += cdiv(args["stride_pk"], t["BLOCK_D"])
+            lw.l2_bytes += e
+            lw.store_bytes += parts + 8 * k
+            lw.notes.append("codebook read twice; its TF32 parts written (8 K D bytes)")
+        lw.dram_bytes = e + lw.store_bytes
+    elif kernel == "_resident_kernel":
+        bn, bk, bd = t["BLOCK_N"], t["BLOCK_K"], t["BLOCK_D"]
+        s = BYTES[pointers["z_ptr"]]
+        tiles = args["tiles_per_split"]
+        lw.trips = tiles
+        lw.prologue_load_bytes = bn * bd * s
+        lw.trip_load_bytes = bk * bd * s + 4 * bk
+        lw.tensor_flops = grid * tiles * 2 * bn * bk * bd
+        lw.tensor_operand = pointers["z_ptr"]
+        lw.fma_flops = grid * tiles * bn * bk * EPILOGUE_FLOPS
+        lw.l2_bytes = grid * lw.load_bytes_per_cta
+        lw.store_bytes = 8 * n
+        lw.dram_bytes = n * d * s + k * d * s + 4 * k + 2 * lw.store_bytes  # atomics: read and write
+        lw.notes.append("latent tile loaded once; one product over the whole D per codebook tile, "
+                        "the next tile's issued before this one's argmin")
+        _common_notes(lw, args, d, bd)
+    elif kernel == "_chunked_kernel":
         bn, bk, bd = t["BLOCK_N"], t["BLOCK_K"], t["BLOCK_D"]
         zs, es = BYTES[pointers["z_ptr"]], BYTES[pointers["e_ptr"]]
+        parts = 2 if t["DOT"] == "tf32x3" else 1  # the codebook's big and small TF32 parts
+        products = 3 if t["DOT"] == "tf32x3" else 1
         tiles = args["tiles_per_split"]
         chunks = cdiv(d, bd)
-        lw.outer_trips = tiles
+        lw.guarded_every = chunks  # the argmin runs on each tile's last step
         lw.trips = tiles * chunks
-        lw.trip_load_bytes = bn * bd * zs + bd * bk * es
-        flops = grid * tiles * 2 * bn * bk * chunks * bd
-        if t["DOT"] == "ieee":
-            lw.fma_flops = flops
-        else:
-            lw.tensor_flops = flops
-            lw.tensor_operand = "tf32" if t["DOT"] == "tf32" else pointers["z_ptr"]
-        lw.fma_flops += grid * tiles * bn * bk * EPILOGUE_FLOPS * (2 if t["TRACK_SECOND"] else 1)
+        lw.trip_load_bytes = bn * bd * zs + parts * bd * bk * es
+        lw.tensor_flops = grid * tiles * 2 * bn * bk * chunks * bd * products
+        lw.tensor_operand = pointers["z_ptr"] if t["DOT"] == "native" else "tf32"
+        lw.fma_flops = grid * tiles * bn * bk * EPILOGUE_FLOPS
         lw.l2_bytes = grid * lw.trips * lw.trip_load_bytes + grid * tiles * bk * 4
         lw.store_bytes = 8 * n * (2 if t["TRACK_SECOND"] else 1)
-        lw.dram_bytes = n * d * zs + k * d * es + 4 * k + 2 * lw.store_bytes  # atomics: read and write
-        lw.notes.append(f"z re-read from L2 for each of {tiles} codebook tiles; the loop over D restarts per tile")
-        if args["num_splits"] > 1:
-            lw.notes.append(f"codebook split over {args['num_splits']} programs per row block")
-        if chunks * bd > d:
-            lw.notes.append(f"D padded from {d} to {chunks * bd}")
+        lw.dram_bytes = n * d * zs + parts * k * d * es + 4 * k + 2 * lw.store_bytes
+        lw.notes.append(f"z re-read from L2 for each of {tiles} codebook tiles; one loop over (tile, chunk) steps")
+        if products > 1:
+            lw.notes.append("three TF32 products (the fp32 default's accuracy): 3x the TF32 floor's FLOPs")
+        _common_notes(lw, args, d, chunks * bd)
     elif kernel == "_finalize_kernel":
         lw.l2_bytes = 8 * n * (2 if t["RERANK"] else 1)
         if t["RERANK"] or t["WITH_DISTANCE"]:
@@ -96,6 +130,19 @@ def _work(case: StaticCase, launch) -> LaunchWork:
         lw.store_bytes = 8 * n + (4 * n if t["WITH_DISTANCE"] else 0)
         lw.dram_bytes = lw.l2_bytes + lw.store_bytes
         lw.reread_bytes = lw.l2_bytes
+    elif kernel == "_nonfinite_kernel":  # finite inputs: one pass over each row and its code
+        lw.l2_bytes = 8 * n + 2 * n * d * BYTES[pointers["z_ptr"]] + 8 * k
+        lw.trips = cdiv(d, t["BLOCK_D"])
+        lw.trip_load_bytes = 2 * t["BLOCK_N"] * t["BLOCK_D"] * BYTES[pointers["z_ptr"]]
+        lw.fma_flops = 4 * n * d
+        lw.dram_bytes = lw.reread_bytes = lw.l2_bytes
     else:
         raise NotImplementedError(f"codebook_argmin static model: no accounting for {kernel}")
     return lw
+
+
+def _common_notes(lw: LaunchWork, args: dict, d: int, padded: int) -> None:
+    if args["num_splits"] > 1:
+        lw.notes.append(f"codebook split over {args['num_splits']} programs per row block")
+    if padded > d:
+        lw.notes.append(f"D padded from {d} to {padded}")

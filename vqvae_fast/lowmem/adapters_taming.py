@@ -1,5 +1,7 @@
-"""Adapters for taming-transformers' blocks and their copies: LDM, CogView, ``vqvae_fast.reference``
-and the fast blocks of ``vqvae_fast.nn`` (the same structure, recognised by class name)."""
+"""Adapters for taming-transformers' blocks and their copies: LDM, CogView's icetk (its ``Encoder`` /
+``Decoder`` are taming's structure; its ``DownSample`` is taming's ``Downsample``),
+``vqvae_fast.reference`` and the fast blocks of ``vqvae_fast.nn`` (the same structure, recognised
+by class name)."""
 
 from __future__ import annotations
 
@@ -118,7 +120,7 @@ def decoder_before(module, z) -> None:
 adapters.register(("ResnetBlock",), resnet_block)
 adapters.register(("AttnBlock", "MemoryEfficientAttnBlock"), attn_block)
 adapters.register(("Upsample",), upsample)
-adapters.register(("Downsample",), downsample)
+adapters.register(("Downsample", "DownSample"), downsample)
 adapters.register(("Identity",), identity)
 adapters.register(("Decoder",), decoder, before=decoder_before, container=True)
 adapters.register(("Encoder",), encoder, before=check_input, container=True)

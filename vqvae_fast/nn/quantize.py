@@ -8,7 +8,7 @@ import torch.nn as nn
 from .. import _validation as V
 from ..ops.codebook_argmin import PRECISIONS, code_norms, codebook_argmin
 from ..reference import quantize as reference
-from ._derived import DerivedWeightsMixin, derived
+from ._derived import DerivedWeightsMixin, cacheable, derived
 
 
 # What forward and the index remapping read from a quantizer, under taming's names.
@@ -22,8 +22,8 @@ class VectorQuantizer(DerivedWeightsMixin, reference.VectorQuantizer):
     loss and straight-through gradient as :class:`vqvae_fast.reference.VectorQuantizer`; the
     nearest codes come from :func:`vqvae_fast.codebook_argmin` (no ``(N, K)`` distance matrix),
     the codes are gathered once, and ``remap`` uses an ``n_e``-entry lookup table instead of a
-    ``(B, L, len(used))`` comparison. On CPU the codebook norms are cached while the codebook is
-    unchanged. Nothing in the forward synchronises with the device (no boolean masks, no
+    ``(B, L, len(used))`` comparison. The codebook norms are cached while the codebook is
+    unchanged (on a GPU only where caching applies: not under autograd or ``torch.compile``). Nothing in the forward synchronises with the device (no boolean masks, no
     ``.item()``), so it can be captured in a CUDA graph.
 
     For ``z`` of shape ``(B, e_dim, H, W)``: ``i = argmin_k ||z - e_k||^2`` per position,
@@ -153,7 +153,7 @@ class VectorQuantizer(DerivedWeightsMixin, reference.VectorQuantizer):
         """Indices ``(B, H, W)`` of the nearest codes of ``z`` ``(B, e_dim, H, W)``, read in place."""
         codebook = self.embedding.weight.detach()
         norms = None
-        if codebook.device.type == "cpu":  # the CPU backend takes them; the GPU kernels make their own
+        if codebook.device.type == "cpu" or cacheable(codebook):  # on a GPU only worth it when cached
             norms = derived(self, "code_norms", code_norms, codebook)
         return codebook_argmin(z.detach(), codebook, precision=self.precision, code_norms=norms)
 

@@ -59,8 +59,10 @@ def _no_distance(z: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 @BACKENDS.register("triton", devices=("cuda",), dtypes=V.KERNEL_DTYPES, requires=_backend.triton_status)
 def _triton(z, codebook, precision, return_distance, code_norms=None):
-    """The kernels compute the code norms themselves (they read the codebook anyway)."""
-    return _kernels().codebook_argmin(z, codebook, precision, return_distance)
+    """Given fp32 code norms (as a quantizer caches them), the kernels skip their norm launch."""
+    if code_norms is not None and (code_norms.dtype != torch.float32 or not code_norms.is_contiguous()):
+        code_norms = None
+    return _kernels().codebook_argmin(z, codebook, precision, return_distance, code_norms=code_norms)
 
 
 @functools.lru_cache(maxsize=None)
@@ -243,29 +245,43 @@ def codebook_argmin(
     Args:
         z: ``(N, D)`` or ``(B, D, H, W)`` (NCHW, channels_last or other strides: read in place).
         codebook: ``(K, D)``, ``K >= 1``. Mixed dtypes compute in their promoted dtype.
-        precision: what the indices guarantee on the GPU (Triton) path:
+        precision: what the indices guarantee on the GPU (Triton) path. Both precisions run on
+            tensor cores; the search never builds the ``N x K`` matrix.
 
-            * ``"ieee"`` (default): ``z . e`` in fp32 with fp32 products (FMA; never TF32) and
-              fp32 accumulation; for fp16/bf16 inputs on tensor cores, whose 16-bit products are
-              exact in fp32. The index agrees with an fp64 computation except where the best
-              two distances lie within the fp32 rounding of the distance.
-            * ``"fast"``: on fp32 inputs the dot runs on tensor cores in TF32; each row keeps its
-              best two candidates, which are re-ranked by their fp32 distance. The indices equal
-              the ``"ieee"`` ones except at near-ties: where two codes are within fp32 rounding,
-              or where two or more other codes lie within the TF32 error
-              (``~2^-10 * sum_d |z_d e_d|``) of the best. When ``z`` and the codebook are both
-              fp16 or both bf16, or ``D < 16``, it runs the ``"ieee"`` computation.
+            * ``"ieee"`` (default). fp16 / bf16 latents and codebook alike: 16-bit products,
+              exact in fp32, accumulated in fp32. Every other dtype pair, in fp32 with three TF32
+              products per term: ``z = z_big + z_small`` and ``e = e_big + e_small`` (parts
+              rounded to TF32), ``z.e ~ z_big.e_big + z_small.e_big + z_big.e_small``, each term
+              within ``2^-20 |z_d e_d|`` of the exact product, accumulated in fp32; each row keeps
+              its best two candidates, re-ranked by their fp32 distance ``sum_d (z_d - e_d)^2``
+              (no cancellation). The index agrees with an fp64 computation except at near-ties:
+              two codes within fp32 rounding of each other, or two or more other codes within
+              ``~2^-19 sum_d |z_d e_d|`` of the best -- on adversarial near-tie codebooks it
+              agrees with fp64 at least as often as an fp32 PyTorch computation of taming's
+              ``|z|^2 + |e|^2 - 2 z.e`` (``tests/test_codebook_argmin_accuracy.py``). Rows or
+              codes holding a NaN or an infinity (or values whose squares overflow) are searched
+              again with fp32 products, so the NaN and infinity rules below hold exactly. (On
+              GPUs without TF32, before sm_80, the three products run as fp32 FMAs.)
+            * ``"fast"``: fp32 inputs with one TF32 product (inputs read to 11 bits: ``~2^-9
+              |z_d e_d|`` per term) and the same re-rank of the best two. The indices equal the
+              ``"ieee"`` ones except where two or more other codes lie within
+              ``~2^-8 sum_d |z_d e_d|`` of the best. fp16 / bf16 inputs, and ``D < 16``, run the
+              ``"ieee"`` computation.
 
-            On CPU both compute in fp32 (fp64 for fp64 inputs) with BLAS, in blocks of rows.
+            NaN distances count as the smallest and ties go to the lowest index
+            (``torch.argmin`` on the reference's distances). On CPU both precisions compute in
+            fp32 (fp64 for fp64 inputs) with BLAS, in blocks of rows.
         return_distance: also return ``min_k ||z_n - e_k||^2``, computed for the chosen code as
             ``sum_d (z_d - e_d)^2`` (fp32; fp64 for fp64 inputs).
         code_norms: optional ``||e_k||^2`` ``(K,)`` of this codebook, as
             :func:`vqvae_fast.ops.codebook_argmin.code_norms` computes them (a quantizer caches
-            them while its codebook is unchanged). The CPU backend then skips computing them;
-            the GPU kernels compute their own while they read the codebook.
+            them while its codebook is unchanged). The CPU backend then skips computing them, and
+            so does the GPU search except for fp32 inputs at the default precision (which
+            prepares the codebook's TF32 parts in the same pass).
 
     Returns int64 indices ``(N,)`` or ``(B, H, W)``, and the distances of that shape if asked.
-    Memory: ``O(N + K)`` on the GPU, one block of ``CPU_BLOCK_BYTES`` on the CPU; the reference
+    Memory: ``O(N + K D)`` on the GPU (for fp32 inputs at the default precision the codebook's
+    two TF32 parts, ``8 K D`` bytes), one block of ``CPU_BLOCK_BYTES`` on the CPU; the reference
     backend builds the full ``(N, K)`` matrix.
 
     Example::
