@@ -66,12 +66,15 @@ class ForwardPlan:
 @functools.lru_cache(maxsize=1024)
 def forward_plan(batch, n, head, dtype, layout, arch, processors) -> ForwardPlan:
     tiles = T.FORWARD_TILES[arch][head]
+    tile = tiles.scores
+    score_tiles = triton.cdiv(n, tile.block_m) * triton.cdiv(n, tile.block_n) * batch
+    if tiles.small_scores is not None and score_tiles < processors:
+        tile = tiles.small_scores  # more, smaller tiles: fewer idle SMs
     # the product reads whole key tiles of the scratch, unmasked, and the statistics per tile
-    assert tiles.scores.block_n % tiles.attend.block_k == 0 and tiles.scores.block_m % tiles.attend.block_n == 0
+    assert tile.block_n % tiles.attend.block_k == 0 and tile.block_m % tiles.attend.block_n == 0
     assert head % tiles.attend.block_m == 0
-    scores, attend = (T.TABLE.find(arch, e) for e in T.rows_forward_entries(arch, tiles, dtype, layout))
-    return ForwardPlan(block_rows(batch, n, tiles.scores, 2, fill_rows(batch, head, tiles.attend, processors)),
-                       scores, attend)
+    scores, attend = (T.TABLE.find(arch, e) for e in T.rows_forward_entries(arch, tile, tiles.attend, dtype, layout))
+    return ForwardPlan(block_rows(batch, n, tile, 2, fill_rows(batch, head, tiles.attend, processors)), scores, attend)
 
 
 def forward_launches(plan: ForwardPlan, q, k, v, out, lse, qk_scale) -> list[Launch]:

@@ -60,10 +60,15 @@ class RowsConfig:
 class RowsForward:
     """The forward by blocks of query rows (``spatial_attention_rows_jit``): ``scores`` the tile
     of the kernel that writes ``P~`` (rows, keys, channels per step), ``attend`` that of the
-    product (channels, rows, keys per step: one key tile of ``scores``)."""
+    product (channels, rows, keys per step: a divisor of a key tile of ``scores``);
+    ``small_scores`` replaces ``scores`` where its grid would hold less than one CTA per SM."""
 
     scores: RowsConfig
     attend: RowsConfig
+    small_scores: RowsConfig | None = None
+
+    def score_tiles(self) -> tuple:
+        return (self.scores,) if self.small_scores is None else (self.scores, self.small_scores)
 
 
 @dataclass(frozen=True)
@@ -95,14 +100,17 @@ REDUCE_TILE = dict(BLOCK_P=16, BLOCK_C=512)
 #: logits run on 128 x 256 tiles (199 registers, one CTA per SM: 85 FLOP per byte loaded from L2
 #: where 128 x 128 gives 64) and the product on 128 x 128 tiles in 64-key steps, each four
 #: stages deep so that the loads run three steps ahead (the product's 128-key steps fit three
-#: stages only: loads one step ahead). sm_80 takes the same steps four stages deep on its
-#: 128 x 128 tiles.
+#: stages only: loads one step ahead). Where 128 x 256 score tiles would leave SMs idle (fewer
+#: tiles than SMs: (1, 512, 1024), (8, 512, 256)) the scores run on 128 x 128 tiles. sm_80 takes
+#: the same steps four stages deep on its 128 x 128 tiles.
 FORWARD_TILES = {
     "sm_90a": {
         64: (ForwardConfig(128, 64, 4, 3),),
         128: (ForwardConfig(128, 64, 8, 3), ForwardConfig(128, 64, 8, 2)),
-        256: RowsForward(RowsConfig(128, 256, 64, 8, 4), RowsConfig(128, 128, 64, 8, 4)),
-        512: RowsForward(RowsConfig(128, 256, 64, 8, 4), RowsConfig(128, 128, 64, 8, 4)),
+        256: RowsForward(RowsConfig(128, 256, 64, 8, 4), RowsConfig(128, 128, 64, 8, 4),
+                         small_scores=RowsConfig(128, 128, 64, 8, 4)),
+        512: RowsForward(RowsConfig(128, 256, 64, 8, 4), RowsConfig(128, 128, 64, 8, 4),
+                         small_scores=RowsConfig(128, 128, 64, 8, 4)),
     },
     "sm_80": {
         64: (ForwardConfig(128, 64, 8, 3),),
@@ -240,9 +248,9 @@ def attend_entry(arch, tile, dtype, layout, stats_tile) -> Config:
     )
 
 
-def rows_forward_entries(arch, tiles, dtype, layout) -> tuple:
-    return (scores_entry(arch, tiles.scores, dtype, layout),
-            attend_entry(arch, tiles.attend, dtype, layout, tiles.scores.block_n))
+def rows_forward_entries(arch, scores, attend, dtype, layout) -> tuple:
+    """The scores kernel's entry with tile ``scores``, and the product's with tile ``attend``."""
+    return scores_entry(arch, scores, dtype, layout), attend_entry(arch, attend, dtype, layout, scores.block_n)
 
 
 def score_grads_entry(arch, tile, dtype, layout) -> Config:
@@ -301,7 +309,8 @@ def _entries():
                 yield delta_entry(arch, dtype, layout)
                 rows = {tiles for tiles in FORWARD_TILES[arch].values() if isinstance(tiles, RowsForward)}
                 for tiles in rows:  # their entries do not depend on the head
-                    yield from rows_forward_entries(arch, tiles, dtype, layout)
+                    for scores in tiles.score_tiles():
+                        yield from rows_forward_entries(arch, scores, tiles.attend, dtype, layout)
                 for head, tiles in FORWARD_TILES[arch].items():
                     for tile in () if tiles in rows else tiles:
                         for split in (False, True):

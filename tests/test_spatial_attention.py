@@ -311,6 +311,10 @@ def test_rows_per_block_fill_the_gpu_within_the_scratch_bounds():
     assert rows.rows_plan(1, 2**22, 512, "bf16", "n", "sm_90a", 132).rows == 128
     # evened out: 5000 rows in two blocks of 2560, not 4224 + 776
     assert rows.rows_plan(1, 5000, 512, "bf16", "c", "sm_90a", 132).rows == 2560
+    # the forward's scores on 128 x 256 tiles, or 128 x 128 where those leave SMs idle
+    score_keys = [dict(rows.forward_plan(*key, "bf16", "n", "sm_90a", 132).scores.constexprs)["BLOCK_N"]
+                  for key in ((1, 4096, 512), (1, 1024, 512), (8, 256, 512))]  # 512, 32, 16 tiles of 128 x 256
+    assert score_keys == [256, 128, 128]
 
 
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
