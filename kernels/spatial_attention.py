@@ -161,14 +161,13 @@ def check_image_offsets(head: int, **tensors: torch.Tensor) -> None:
 @functools.lru_cache(maxsize=1024)
 def forward_plan(batch, n, head, dtype, layout, arch, tile, processors, splits=None):
     """``(forward entry, grid, splits, keys_per_split, combine entry or None)``."""
-    co_chunks = head // (tile.block_co or head)
     m_blocks = triton.cdiv(n, tile.block_m)
     if splits is None:
-        splits = choose_splits(m_blocks * batch * co_chunks, triton.cdiv(n, tile.block_n), processors)
+        splits = choose_splits(m_blocks * batch, triton.cdiv(n, tile.block_n), processors)
     splits, keys_per_split = key_ranges(n, tile.block_n, splits)
     entry = T.TABLE.find(arch, T.forward_entry(arch, head, tile, dtype, layout, splits > 1))
     combine = T.TABLE.find(arch, T.combine_entry(arch, dtype, layout)) if splits > 1 else None
-    return entry, (m_blocks, batch * co_chunks, splits), splits, keys_per_split, combine
+    return entry, (m_blocks, batch, splits), splits, keys_per_split, combine
 
 
 def forward(
@@ -191,19 +190,30 @@ def forward(
     q, k, v = (kernel_input(t, head, layout) for t in (q, k, v))
     target = kernel_output(out, head, layout)
     check_image_offsets(head, q=q, k=k, v=v, out=target)
-    key = (head, capability_)
     with device_guard(q):
-        for index in range(_FIRST_WORKING.get(key, 0), len(configs)):
-            try:
-                _launch_forward(configs[index], q, k, v, target, lse, scale, splits, processors)
-            except OutOfResources:
-                if index == len(configs) - 1:
-                    raise
-                continue
-            _FIRST_WORKING[key] = index
-            break
+        if isinstance(configs, T.RowsForward):
+            from . import spatial_attention_rows as rows  # imports this module
+
+            plan = rows.forward_plan(q.shape[0], q.shape[2], head, TRITON_TYPES[q.dtype], layout,
+                                     T.arch_name(capability_), processors)
+            run(rows.forward_launches(plan, q, k, v, target, lse, scale * LOG2E))
+        else:
+            _forward_flash(configs, (head, capability_), q, k, v, target, lse, scale, splits, processors)
     if target is not out:
         out.copy_(target[:, : out.shape[1]])
+
+
+def _forward_flash(configs, key, q, k, v, out, lse, scale, splits, processors) -> None:
+    """The flash kernel with the first of ``configs`` whose shared memory the device grants."""
+    for index in range(_FIRST_WORKING.get(key, 0), len(configs)):
+        try:
+            _launch_forward(configs[index], q, k, v, out, lse, scale, splits, processors)
+        except OutOfResources:
+            if index == len(configs) - 1:
+                raise
+            continue
+        _FIRST_WORKING[key] = index
+        break
 
 
 _FIRST_WORKING: dict = {}  # (head, capability) -> index of the first tile that launched

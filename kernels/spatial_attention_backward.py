@@ -1,11 +1,11 @@
-"""Launch planning for the ``spatial_attention`` backward pass (kernels and math in
-``spatial_attention_backward_jit.py``): ``Delta``, then ``dK``/``dV``, then ``dQ`` -- with the keys
-split over programs into fp32 partial sums when the query blocks alone cannot fill the GPU.
-Operands take one layout of the table, as in the forward (``spatial_attention.py``); the plan is
-cached per sizes, dtype, layout and device (:func:`backward_plan`).
-
-Head sizes up to 256 (128 on sm_80): head 512 takes the chunked PyTorch backward (see
-``spatial_attention_table.BACKWARD_TILES``).
+"""Launch planning for the ``spatial_attention`` backward pass: ``Delta``, then either the
+flash-style kernels (``spatial_attention_backward_jit.py``: ``dK``/``dV``, then ``dQ``, with the
+keys split over programs into fp32 partial sums when the query blocks alone cannot fill the GPU)
+or, for the large heads, the backward by blocks of query rows (``spatial_attention_rows.py``), as
+``spatial_attention_table.BACKWARD_TILES`` says per head and architecture. Every head size up to
+512 has one on sm_80 and sm_90a. Operands take one layout of the table, as in the forward
+(``spatial_attention.py``); plans are cached per sizes, dtype, layout and device. The backward
+needs only the forward's ``lse``, so it runs after either forward (Triton or chunked PyTorch).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import triton
 from vqvae_fast._device import device_guard
 
 from . import spatial_attention_backward_jit as jit
+from . import spatial_attention_rows as rows
 from . import spatial_attention_table as T
 from ._table import Launch, run
 from .spatial_attention import (
@@ -27,21 +28,22 @@ from .spatial_attention import (
 from .spatial_attention_table import backward_configs  # noqa: F401  (the launcher's API)
 
 
+@functools.lru_cache(maxsize=64)
+def delta_plan(arch, dtype, layout):
+    return T.TABLE.find(arch, T.delta_entry(arch, dtype, layout))
+
+
 @functools.lru_cache(maxsize=1024)
 def backward_plan(batch, n, head, dtype, layout, arch, processors):
-    """``(entries, grids, splits, keys_per_split)``: the Delta, dK/dV and dQ launches."""
-    kv_tile, q_tile = T.BACKWARD_TILES[arch][head]
-    m_blocks = triton.cdiv(n, q_tile.block_m)
-    splits = choose_splits(m_blocks * batch, triton.cdiv(n, q_tile.block_n), processors)
-    splits, keys_per_split = key_ranges(n, q_tile.block_n, splits)
-    entries = (
-        T.TABLE.find(arch, T.delta_entry(arch, dtype, layout)),
-        T.TABLE.find(arch, T.dkdv_entry(arch, head, kv_tile, dtype, layout)),
-        T.TABLE.find(arch, T.dq_entry(arch, head, q_tile, dtype, layout, splits > 1)),
-    )
-    grids = ((triton.cdiv(n, T.REDUCE_TILE["BLOCK_P"]), batch), (triton.cdiv(n, kv_tile.block_n), batch),
-             (m_blocks, batch, splits))
-    return entries, grids, splits, keys_per_split
+    """``((dK/dV entry, dQ entry), (their grids), splits, keys_per_split)`` of the flash-style
+    backward."""
+    tiles = T.BACKWARD_TILES[arch][head]
+    m_blocks = triton.cdiv(n, tiles.q.block_m)
+    splits = choose_splits(m_blocks * batch, triton.cdiv(n, tiles.q.block_n), processors)
+    splits, keys_per_split = key_ranges(n, tiles.q.block_n, splits)
+    entries = (T.TABLE.find(arch, T.dkdv_entry(arch, head, tiles.kv, dtype, layout)),
+               T.TABLE.find(arch, T.dq_entry(arch, head, tiles.q, dtype, layout, splits > 1)))
+    return entries, ((triton.cdiv(n, tiles.kv.block_n), batch), (m_blocks, batch, splits)), splits, keys_per_split
 
 
 def backward(
@@ -63,10 +65,29 @@ def backward(
     q, k, v, grad_out, out = (kernel_input(t, head, layout) for t in (q, k, v, grad_out, out))
     targets = [kernel_output(t, head, layout) for t in (dq, dk, dv)]
     check_image_offsets(head, q=q, k=k, v=v, grad_out=grad_out, out=out, dq=targets[0], dk=targets[1], dv=targets[2])
-    (delta_entry, kv_entry, q_entry), grids, splits, keys_per_split = backward_plan(
-        batch, n, head, TRITON_TYPES[q.dtype], layout, T.arch_name(capability), processors)
+    arch = T.arch_name(capability)
+    dtype = TRITON_TYPES[q.dtype]
     delta = torch.empty((batch, n), device=q.device, dtype=torch.float32)
     lse = lse.contiguous()
+    delta_launch = Launch(delta_plan(arch, dtype, layout), jit._delta_kernel,
+                          (triton.cdiv(n, T.REDUCE_TILE["BLOCK_P"]), batch),
+                          (out, grad_out, delta, *_strides(out), *_strides(grad_out), n, head))
+    if isinstance(backward_configs(head, capability), T.RowsBackward):
+        plan = rows.rows_plan(batch, n, head, dtype, layout, arch, processors)
+        with device_guard(q):
+            run([delta_launch, *rows.launches(plan, q, k, v, grad_out, lse, delta, *targets, scale, scale * LOG2E)])
+    else:
+        _flash(q, k, v, grad_out, lse, delta, targets, scale, delta_launch, backward_plan(
+            batch, n, head, dtype, layout, arch, processors))
+    for target, result in zip(targets, (dq, dk, dv)):
+        if target is not result:
+            result.copy_(target[:, : result.shape[1]])
+
+
+def _flash(q, k, v, grad_out, lse, delta, targets, scale, delta_launch, plan) -> None:
+    """The flash-style dK/dV and dQ launches (``targets``: dq, dk, dv in the kernels' layout)."""
+    (kv_entry, q_entry), (kv_grid, q_grid), splits, keys_per_split = plan
+    batch, head, n = q.shape
     dq_out = targets[0]
     if splits > 1:  # fp32 partial sums over key ranges, added below
         dq_out = q.new_empty((splits, batch, n, head), dtype=torch.float32).transpose(2, 3)
@@ -74,17 +95,13 @@ def backward(
     inputs = (*_strides(q), *_strides(k), *_strides(v), *_strides(grad_out))
     with device_guard(q):
         run([
-            Launch(delta_entry, jit._delta_kernel, grids[0],
-                   (out, grad_out, delta, *_strides(out), *_strides(grad_out), n, head)),
-            Launch(kv_entry, jit._dkdv_kernel, grids[1],
+            delta_launch,
+            Launch(kv_entry, jit._dkdv_kernel, kv_grid,
                    (q, k, v, grad_out, lse, delta, targets[1], targets[2], *inputs, *_strides(targets[1]),
                     *_strides(targets[2]), n, scale, scale * LOG2E)),
-            Launch(q_entry, jit._dq_kernel, grids[2],
+            Launch(q_entry, jit._dq_kernel, q_grid,
                    (q, k, v, grad_out, lse, delta, dq_out, *inputs, *_strides(dq_out[0] if splits > 1 else dq_out),
                     dq_out.stride(0) if splits > 1 else 0, n, keys_per_split, scale, scale * LOG2E)),
         ])
     if splits > 1:
         targets[0].copy_(dq_out.sum(0))
-    for target, result in zip(targets, (dq, dk, dv)):
-        if target is not result:
-            result.copy_(target[:, : result.shape[1]])

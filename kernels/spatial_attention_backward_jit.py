@@ -40,19 +40,18 @@ def _delta_kernel(
     N, C,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """``Delta[b, n] = sum_c Out[b, c, n] dOut[b, c, n]`` in fp32. Grid ``(cdiv(N, BLOCK_P), B)``."""
+    """``Delta[b, n] = sum_c Out[b, c, n] dOut[b, c, n]`` in fp32. Grid ``(cdiv(N, BLOCK_P), B)``;
+    ``BLOCK_C >= C``: one tile of every channel, its loads all in flight at once."""
     pid_p = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    p_ok = offs_p < N
-    total = tl.zeros([BLOCK_P], dtype=tl.float32)
-    for c0 in range(0, C, BLOCK_C):
-        offs_c = c0 + tl.arange(0, BLOCK_C)
-        mask = (offs_c[:, None] < C) & p_ok[None, :]
-        o = tl.load(Out + pid_b * stride_ob + offs_c[:, None] * stride_oc + offs_p[None, :] * stride_on, mask=mask, other=0.0)
-        do = tl.load(dOut + pid_b * stride_db + offs_c[:, None] * stride_dc + offs_p[None, :] * stride_dn, mask=mask, other=0.0)
-        total += tl.sum(o.to(tl.float32) * do.to(tl.float32), 0)
-    tl.store(Delta + pid_b * N + offs_p, total, mask=p_ok)
+    lanes = tl.arange(0, BLOCK_C)
+    offs_c = lanes % C  # masked lanes repeat in-range addresses; C % 16 == 0 keeps 16-wide runs
+    mask = (lanes[:, None] < C) & (offs_p[None, :] < N)
+    o = tl.load(Out + pid_b * stride_ob + offs_c[:, None] * stride_oc + offs_p[None, :] * stride_on, mask=mask, other=0.0)
+    do = tl.load(dOut + pid_b * stride_db + offs_c[:, None] * stride_dc + offs_p[None, :] * stride_dn, mask=mask,
+                 other=0.0)
+    tl.store(Delta + pid_b * N + offs_p, tl.sum(o.to(tl.float32) * do.to(tl.float32), 0), mask=offs_p < N)
 
 
 @triton.jit
@@ -196,3 +195,4 @@ def _dq_kernel(
     dq_ptrs = dQ + pid_s.to(tl.int64) * stride_dqs + pid_b * stride_dqb
     tl.store(dq_ptrs + offs_c[:, None] * stride_dqc + offs_m[None, :] * stride_dqn,
              dq.to(dQ.dtype.element_ty), mask=rows_ok[None, :])
+

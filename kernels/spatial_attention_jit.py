@@ -1,5 +1,5 @@
 """The ``@triton.jit`` kernels of the ``spatial_attention`` forward pass (flash attention over
-spatial positions, head size up to 512).
+spatial positions; the flash kernels of heads 64 and 128).
 
 ``out[b, :, i] = sum_j softmax_j(s q[b, :, i] . k[b, :, j]) v[b, :, j]`` for ``q, k, v`` of shape
 ``(B, HEAD, N)`` read through their strides, never materialising the ``N x N`` logits. The
@@ -7,16 +7,14 @@ launcher hands the kernels ``HEAD`` channels (a power of two; smaller heads arri
 
 One program owns ``BLOCK_M`` queries of one image and streams the keys in blocks of ``BLOCK_N``
 with the online softmax: running row maximum ``m`` and sum ``l`` in fp32, the output
-accumulator ``(BLOCK_M, BLOCK_CO)`` in fp32, rescaled by ``exp2(m_old - m_new)`` when the
+accumulator ``(BLOCK_M, HEAD)`` in fp32, rescaled by ``exp2(m_old - m_new)`` when the
 maximum grows. The logits ``q . k`` accumulate in fp32 (``tl.dot``), so they cannot overflow
 even for fp16 inputs; the scale (times ``log2 e``, for ``exp2``) is applied to those fp32
 logits inside the exponent's multiply-add, without rounding ``s q`` to the input dtype first.
 
-Head 512 splits the output channels over programs (``BLOCK_CO = 256``): a ``(BLOCK_M, 512)``
-fp32 accumulator does not fit in registers at a useful ``BLOCK_M``, so each program computes the
-full logits and accumulates ``P V`` for half of the channels. With ``SPLIT`` the keys are split
-across programs too; each writes a partial result normalised by its own sum with its
-log-sum-exp, and :func:`_combine_kernel` merges them.
+With ``SPLIT`` the keys are split across programs too; each writes a partial result normalised by
+its own sum with its log-sum-exp, and :func:`_combine_kernel` merges them. Heads 256 and 512 run
+by blocks of query rows instead (``spatial_attention_rows_jit.py``).
 
 Saved for the backward pass: the natural-log log-sum-exp of every row, ``lse = log sum_j
 exp(s q_i . k_j)`` (fp32, ``(B, N)``).
@@ -81,24 +79,20 @@ def _forward_kernel(
     stride_ob, stride_oc, stride_on,  # Out: (B, HEAD, N), or the fp32 partials (SPLITS, B, HEAD, N)
     stride_os,
     N, keys_per_split, qk_scale,
-    HEAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_CO: tl.constexpr,
-    SPLIT: tl.constexpr,
+    HEAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr,
 ):
-    """Grid ``(cdiv(N, BLOCK_M), B * HEAD // BLOCK_CO, SPLITS)``: queries ``pid_m``, image ``b``,
-    output channels ``[co * BLOCK_CO, (co + 1) * BLOCK_CO)`` (the logits always use all
-    channels), key range ``pid_s``. Without ``SPLIT``: ``Out`` gets the attention output and
-    ``Lse`` (``(B, N)``) the natural log-sum-exp. With ``SPLIT``: ``Out`` is the fp32 partial
+    """Grid ``(cdiv(N, BLOCK_M), B, SPLITS)``: queries ``pid_m`` of image ``b``, key range
+    ``pid_s``. Without ``SPLIT``: ``Out`` gets the attention output and ``Lse`` (``(B, N)``) the
+    natural log-sum-exp. With ``SPLIT``: ``Out`` is the fp32 partial
     output of key range ``pid_s`` (normalised by its own sum) and ``Lse`` (``(SPLITS, B, N)``)
     its log2-sum-exp, for :func:`_combine_kernel`."""
     pid_m = tl.program_id(0)
-    pid_b = (tl.program_id(1) // (HEAD // BLOCK_CO)).to(tl.int64)
-    pid_co = tl.program_id(1) % (HEAD // BLOCK_CO)
+    pid_b = tl.program_id(1).to(tl.int64)
     pid_s = tl.program_id(2)
-    batch = tl.num_programs(1) // (HEAD // BLOCK_CO)
+    batch = tl.num_programs(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_c = tl.arange(0, HEAD)
-    offs_co = pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)
     rows_ok = offs_m < N
 
     q_ptrs = Q + pid_b * stride_qb + offs_m[:, None] * stride_qn + offs_c[None, :] * stride_qc
@@ -107,11 +101,11 @@ def _forward_kernel(
     k_base = K + pid_b * stride_kb
     v_base = V + pid_b * stride_vb
     k_offs = offs_c[:, None] * stride_kc + offs_n[None, :] * stride_kn  # (HEAD, BLOCK_N)
-    v_offs = offs_n[:, None] * stride_vn + offs_co[None, :] * stride_vc  # (BLOCK_N, BLOCK_CO)
+    v_offs = offs_n[:, None] * stride_vn + offs_c[None, :] * stride_vc  # (BLOCK_N, HEAD)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_CO], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD], dtype=tl.float32)
 
     start = pid_s * keys_per_split
     stop = tl.minimum(start + keys_per_split, N)
@@ -125,15 +119,14 @@ def _forward_kernel(
 
     out = acc / l_i[:, None]
     lse2 = m_i + tl.math.log2(l_i)
-    lse_mask = rows_ok & (pid_co == 0)  # every channel chunk has the same statistics
-    o_ptrs = Out + pid_b * stride_ob + offs_m[:, None] * stride_on + offs_co[None, :] * stride_oc
+    o_ptrs = Out + pid_b * stride_ob + offs_m[:, None] * stride_on + offs_c[None, :] * stride_oc
     if SPLIT:
         o_ptrs += pid_s.to(tl.int64) * stride_os
         tl.store(o_ptrs, out, mask=rows_ok[:, None])
-        tl.store(Lse + (pid_s * batch + pid_b) * N + offs_m, lse2, mask=lse_mask)
+        tl.store(Lse + (pid_s * batch + pid_b) * N + offs_m, lse2, mask=rows_ok)
     else:
         tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=rows_ok[:, None])
-        tl.store(Lse + pid_b * N + offs_m, lse2 * LN2, mask=lse_mask)
+        tl.store(Lse + pid_b * N + offs_m, lse2 * LN2, mask=rows_ok)
 
 
 @triton.jit
@@ -145,30 +138,27 @@ def _combine_kernel(
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Merge ``SPLITS`` partial results: ``out = sum_s w_s o_s`` with ``w_s = 2^(lse_s - lse)``,
-    ``lse = log2 sum_s 2^lse_s``. Grid ``(cdiv(N, BLOCK_P), B)``; partial lse ``(SPLITS, B, N)``."""
+    ``lse = log2 sum_s 2^lse_s``. Grid ``(cdiv(N, BLOCK_P), B)``; partial lse ``(SPLITS, B, N)``;
+    ``BLOCK_C >= C``: every channel of ``BLOCK_P`` positions per program."""
     pid_p = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     batch = tl.num_programs(1)
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    lanes = tl.arange(0, BLOCK_C)
+    offs_c = lanes % C  # masked lanes repeat in-range addresses; C % 16 == 0 keeps 16-wide runs
     p_ok = offs_p < N
+    mask = (lanes[:, None] < C) & p_ok[None, :]
     m = tl.full([BLOCK_P], float("-inf"), dtype=tl.float32)
     for s in range(0, SPLITS):
         m = tl.maximum(m, tl.load(PartLse + (s * batch + pid_b) * N + offs_p, mask=p_ok, other=0.0))
     total = tl.zeros([BLOCK_P], dtype=tl.float32)
-    for s in range(0, SPLITS):
-        total += tl.math.exp2(tl.load(PartLse + (s * batch + pid_b) * N + offs_p, mask=p_ok, other=0.0) - m)
-    lse2 = m + tl.math.log2(total)
-    tl.store(Lse + pid_b * N + offs_p, lse2 * LN2, mask=p_ok)
-    for c0 in range(0, C, BLOCK_C):
-        offs_c = c0 + tl.arange(0, BLOCK_C)
-        mask = (offs_c[:, None] < C) & p_ok[None, :]
-        acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
-        for s in range(0, SPLITS):  # s * stride_ps < 2^31: splitting needs B * N < 132 * BLOCK_M
-            w = tl.math.exp2(tl.load(PartLse + (s * batch + pid_b) * N + offs_p, mask=p_ok, other=0.0) - lse2)
-            part = tl.load(
-                Part + s * stride_ps + pid_b * stride_pb + offs_c[:, None] * stride_pc + offs_p[None, :] * stride_pn,
-                mask=mask, other=0.0,
-            )
-            acc += part * w[None, :]
-        o_ptrs = Out + pid_b * stride_ob + offs_c[:, None] * stride_oc + offs_p[None, :] * stride_on
-        tl.store(o_ptrs, acc.to(Out.dtype.element_ty), mask=mask)
+    acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
+    for s in range(0, SPLITS):  # s * stride_ps < 2^31: splitting needs B * N < 132 * BLOCK_M
+        w = tl.math.exp2(tl.load(PartLse + (s * batch + pid_b) * N + offs_p, mask=p_ok, other=0.0) - m)
+        part = tl.load(Part + s * stride_ps + pid_b * stride_pb + offs_c[:, None] * stride_pc
+                       + offs_p[None, :] * stride_pn, mask=mask, other=0.0)
+        total += w
+        acc += part * w[None, :]
+    tl.store(Lse + pid_b * N + offs_p, (m + tl.math.log2(total)) * LN2, mask=p_ok)
+    o_ptrs = Out + pid_b * stride_ob + offs_c[:, None] * stride_oc + offs_p[None, :] * stride_on
+    tl.store(o_ptrs, (acc / total[None, :]).to(Out.dtype.element_ty), mask=mask)

@@ -52,8 +52,9 @@ def check_against_reference(q, k, v, dtype):
 
 # A covering subset of N in {1, 7, 64, 256, 1000}, C in {32, 64, 128, 256, 512}, batch 1-3 and
 # the three dtypes (the interpreter is slow at large C, so N is small there). C = 48 and 300 pad
-# the head (300: the second half of the 512 output channels is partly masked); fp32 on the
-# triton backend takes the chunked path.
+# the head; fp32 on the triton backend takes the chunked path. Heads 256 and 512 run by blocks of
+# query rows (tiles of 128 queries and keys): N = 20, 33, 40 and 64 leave most of a tile masked,
+# N = 300 (test_by_rows_in_blocks) spans three.
 KERNEL_CASES = [
     (1, 32, 1, torch.float16),
     (3, 32, 7, torch.bfloat16),
@@ -63,9 +64,15 @@ KERNEL_CASES = [
     (1, 32, 1000, torch.float16),
     (2, 256, 64, torch.float16),
     (2, 512, 40, torch.bfloat16),
+    (1, 512, 20, torch.float16),
+    (1, 512, 64, torch.bfloat16),
     (1, 300, 33, torch.float16),
     (2, 64, 70, torch.float32),
 ]
+
+
+FLASH_KERNELS = {"_forward_kernel", "_dkdv_kernel", "_dq_kernel"}
+ROWS_KERNELS = {"_scores_kernel", "_attend_kernel", "_score_grads_kernel", "_bmm_kernel"}  # by blocks of query rows
 
 
 @pytest.mark.parametrize("batch,channels,n,dtype", KERNEL_CASES)
@@ -76,7 +83,8 @@ def test_triton_matches_reference(triton_device, batch, channels, n, dtype):
     if dtype == torch.float32:  # fp32 takes the chunked PyTorch path on the triton backend
         assert not launched
     else:
-        assert "_forward_kernel" in launched and ("_dkdv_kernel" in launched) == (channels <= 256)
+        kernels = ROWS_KERNELS if channels > 128 else FLASH_KERNELS
+        assert {"_delta_kernel"} | kernels == set(launched) - {"_combine_kernel"}
 
 
 def sdpa(q, k, v, scale=None):
@@ -192,10 +200,10 @@ def test_channels_last_in_channels_last_out(triton_device):
     assert_matches_reference(out, reference.spatial_attention, (q, k, v), dtype=torch.float16, atol=ROUNDING[torch.float16])
 
 
-@pytest.mark.parametrize("channels,splits", [(64, 2), (64, 3), (300, 2)])
+@pytest.mark.parametrize("channels,splits", [(64, 2), (64, 3), (100, 2)])
 def test_split_keys_combine(triton_device, channels, splits):
     """Key ranges split across programs and merged by the combine kernel (the launcher does this
-    by itself when the queries alone cannot fill the GPU); C = 300 also splits the channels."""
+    by itself when the queries alone cannot fill the GPU); C = 100 pads the head to 128."""
     kernels = importlib.import_module("vqvae_fast.kernels.spatial_attention")
     n = 150
     q, k, v = random_qkv((2, channels, n), torch.float16, triton_device)
@@ -208,30 +216,30 @@ def test_split_keys_combine(triton_device, channels, splits):
 
 
 def test_falls_back_when_shared_memory_is_refused(triton_device, monkeypatch):
-    """A device that refuses the first head-512 configuration's shared memory gets the second."""
+    """A device that refuses the first head-128 configuration's shared memory gets the second."""
     from triton.runtime.errors import OutOfResources
 
     if triton_device == "cuda" and torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("the sm_90 configurations need an sm_90 device")
     kernels = importlib.import_module("vqvae_fast.kernels.spatial_attention")
-    first = kernels.forward_configs(512, 90)[0]
+    first, second = kernels.forward_configs(128, 90)
     real_launch = kernels._launch_forward
     tried = []
 
     def launch(cfg, *args):
         tried.append(cfg)
         if cfg == first:
-            raise OutOfResources(229376, 200000, "shared memory")
+            raise OutOfResources(131072, 100000, "shared memory")
         return real_launch(cfg, *args)
 
     monkeypatch.setattr(kernels, "_launch_forward", launch)
     monkeypatch.setattr(kernels, "device_facts", lambda device: (90, 132))
     monkeypatch.setattr(kernels, "_FIRST_WORKING", {})
-    q, k, v = random_qkv((1, 512, 20), torch.float16, triton_device)
+    q, k, v = random_qkv((1, 128, 20), torch.float16, triton_device)
     out, lse = torch.empty_like(q), torch.empty((1, 20), device=triton_device)
-    kernels.forward(q, k, v, out, lse, 512**-0.5)
-    kernels.forward(q, k, v, out, lse, 512**-0.5)
-    assert tried == [first] + [kernels.forward_configs(512, 90)[1]] * 2
+    kernels.forward(q, k, v, out, lse, 128**-0.5)
+    kernels.forward(q, k, v, out, lse, 128**-0.5)
+    assert tried == [first, second, second]
     assert_matches_reference(out, reference.spatial_attention, (q, k, v), dtype=torch.float16, atol=ROUNDING[torch.float16])
 
 
@@ -244,14 +252,69 @@ def test_split_choice_fills_the_gpu():
     assert kernels.choose_splits(programs=32, key_blocks=7, processors=132) == 1
 
 
-def test_sm80_configuration(triton_device, monkeypatch):
-    """The sm_80 tile table (other block sizes) through the interpreter."""
+@pytest.mark.parametrize("channels,n", [(128, 90), (256, 40)])
+def test_sm80_configuration(triton_device, monkeypatch, channels, n):
+    """The sm_80 tile table (other block sizes) through the interpreter: head 128 flash, head 256
+    by rows."""
     if triton_device != "cpu":
         pytest.skip("the device's own capability decides on a GPU")
-    kernels = importlib.import_module("vqvae_fast.kernels.spatial_attention")
-    monkeypatch.setattr(kernels, "device_facts", lambda device: (80, 108))
-    q, k, v = random_qkv((1, 128, 90), torch.bfloat16, triton_device)
-    check_against_reference(q, k, v, torch.bfloat16)
+    for name in ("spatial_attention", "spatial_attention_backward"):
+        monkeypatch.setattr(importlib.import_module(f"vqvae_fast.kernels.{name}"), "device_facts",
+                            lambda device: (80, 108))
+    q, k, v = random_qkv((1, channels, n), torch.bfloat16, triton_device)
+    with kernel_launches() as launched:
+        check_against_reference(q, k, v, torch.bfloat16)
+    assert {"_delta_kernel"} | (FLASH_KERNELS if channels <= 128 else ROWS_KERNELS) == set(launched)
+
+
+@pytest.mark.parametrize("tokens", [False, True], ids=["positions-innermost", "channels-innermost"])
+def test_backward_by_rows_in_blocks(triton_device, tokens, monkeypatch):
+    """Head 512 by rows, forward and backward, with a scratch buffer of one 128-row block (three
+    blocks at N = 300: the forward's scores and product per block; the backward's fp32 partial
+    sums started, added to, and rounded into the result with the ragged last block) against the
+    reference, in both layouts, batch 2."""
+    if triton_device != "cpu":
+        pytest.skip("the block size follows the device's memory on a GPU")
+    rows = importlib.import_module("vqvae_fast.kernels.spatial_attention_rows")
+    n = 300 if tokens else 288  # positions innermost: N % 16 == 0
+    monkeypatch.setattr(rows, "SCRATCH_BYTES", 2 * 4 * 128 * 384)  # batch 2, keys padded to 384
+    for name in ("spatial_attention", "spatial_attention_backward"):  # 8 SMs: one 128-row block fills them
+        monkeypatch.setattr(importlib.import_module(f"vqvae_fast.kernels.{name}"), "device_facts",
+                            lambda device: (90, 8))
+    rows.rows_plan.cache_clear()
+    rows.forward_plan.cache_clear()
+    q, k, v = random_qkv((2, n, 512) if tokens else (2, 512, n), torch.float16, triton_device)
+    if tokens:
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    with kernel_launches() as launched:
+        check_against_reference(q, k, v, torch.float16)
+    rows.rows_plan.cache_clear()
+    rows.forward_plan.cache_clear()
+    # the forward's scratch pads keys to its 256-key score tiles on sm_90a: 128 rows a block too
+    assert launched.count("_score_grads_kernel") == 3 and launched.count("_scores_kernel") == 3
+
+
+def test_rows_per_block_fill_the_gpu_within_the_scratch_bounds():
+    """Blocks of query rows (planning only): what the 64 MiB scratch holds, or more where the
+    products of a block would leave multiprocessors idle (within 512 MiB), blocks evened out."""
+    rows = importlib.import_module("vqvae_fast.kernels.spatial_attention_rows")
+    plans = [rows.forward_plan, rows.rows_plan]
+    # (1, 512, 4096): every row at once, forward (32 MiB) and backward (64 MiB)
+    assert [plan(1, 4096, 512, "bf16", "n", "sm_90a", 132).rows for plan in plans] == [4096, 4096]
+    # (1, 512, 16384): 64 MiB holds 2048 (forward) or 1024 rows, whose products have 64 or 32
+    # tiles of 128 x 128; blocks of 4096 rows give them 128
+    assert [plan(1, 16384, 512, "bf16", "n", "sm_90a", 132).rows for plan in plans] == [4096, 4096]
+    assert rows.rows_plan(1, 16384, 512, "bf16", "n", "sm_90a", 132).blocks == 4
+    # a batch whose one row of tiles fills the GPU: the budget, at least one tile
+    assert rows.rows_plan(64, 4096, 512, "bf16", "n", "sm_90a", 132).rows == 128
+    # one huge image: filling the GPU would take 8 GiB of scratch; one tile instead
+    assert rows.rows_plan(1, 2**22, 512, "bf16", "n", "sm_90a", 132).rows == 128
+    # evened out: 5000 rows in two blocks of 2560, not 4224 + 776
+    assert rows.rows_plan(1, 5000, 512, "bf16", "c", "sm_90a", 132).rows == 2560
+    # the forward's scores on 128 x 256 tiles, or 128 x 128 where those leave SMs idle
+    score_keys = [dict(rows.forward_plan(*key, "bf16", "n", "sm_90a", 132).scores.constexprs)["BLOCK_N"]
+                  for key in ((1, 4096, 512), (1, 1024, 512), (8, 256, 512))]  # 512, 32, 16 tiles of 128 x 256
+    assert score_keys == [256, 128, 128]
 
 
 @pytest.mark.parametrize("backend", ["cpu", "triton"])

@@ -1,22 +1,30 @@
 """``spatial_attention``: the launches of a case and the work each does (``work.py`` explains the fields).
 
-The launchers (``kernels/spatial_attention.py``, ``spatial_attention_backward.py``) plan on
-``meta`` tensors ``(B, C, N)``; each launch's constexprs and arguments give its tiles. Padded
-head ``H`` (``C`` rounded up to a table head), ``s`` bytes per element:
+The launchers (``kernels/spatial_attention.py``, ``spatial_attention_backward.py``,
+``spatial_attention_rows.py``) plan on ``meta`` tensors ``(B, C, N)``; each launch's constexprs
+and arguments give its tiles. Padded head ``H`` (``C`` rounded up to a table head), ``s`` bytes
+per element:
 
-* forward kernel, grid ``(cdiv(N, BLOCK_M), B * H / BLOCK_CO, splits)``: a CTA loads its
-  ``BLOCK_M x H`` queries, then per key block ``H x BLOCK_N`` keys and ``BLOCK_N x BLOCK_CO``
-  values, and computes ``2 BLOCK_M BLOCK_N (H + BLOCK_CO)`` FLOPs: with ``BLOCK_CO < H`` every
-  output-channel block recomputes the logits (head 512: ``1.5x`` the floor's FLOPs).
+* flash forward kernel (heads 64, 128), grid ``(cdiv(N, BLOCK_M), B, splits)``: a CTA loads
+  its ``BLOCK_M x H`` queries, then per key block ``H x BLOCK_N`` keys and ``BLOCK_N x H``
+  values, and computes ``4 BLOCK_M BLOCK_N H`` FLOPs.
   Masked rows and keys past ``N`` are computed too. With split keys, fp32 partial outputs and a
   combine pass.
-* backward: ``Delta`` (reads ``out``, ``dO``), ``dK/dV`` (per key block: stream ``q``, ``dO``;
-  four products), ``dQ`` (per query block: stream ``k``, ``v``; three products): ``S`` and
-  ``dP`` are computed twice, ``3.5x`` the forward's FLOPs where the floor counts ``2.5x``.
-* where the table has no kernel (head 512 backward, heads above 128 on sm_80) the op runs the
-  chunked PyTorch path of ``vqvae_fast/ops/spatial_attention.py``: its GEMMs and elementwise
-  passes over fp32 ``(B, rows, N)`` blocks are listed one by one (GEMMs at 80% of the tensor
-  rate, elementwise at 90% of the bandwidth, each from HBM -- the blocks are 32-64 MB).
+* flash backward (heads 64, 128): ``Delta`` (reads ``out``, ``dO``), ``dK/dV`` (per key block:
+  stream ``q``, ``dO``; four products), ``dQ`` (per query block: stream ``k``, ``v``; three
+  products): ``S`` and ``dP`` are computed twice, ``3.5x`` the forward's FLOPs where the floor
+  counts ``2.5x``.
+* by blocks of ``R`` query rows (heads 256, 512): forward ``scores`` (``Qᵀ K`` once per tile,
+  ``P~`` 16-bit into a scratch, ``R x N`` per image) then ``attend`` (``V P~ᵀ`` in channel x row
+  tiles, the scratch read back); backward ``Delta``, ``score grads`` (``S`` and ``dP`` once,
+  ``P`` and ``dS`` into the scratch), then three batched products (``dV``, ``dK``, ``dQ``).
+  The floor's FLOPs exactly (``2x`` forward, ``5x`` half-products backward), plus the scratch's
+  round trip through HBM (L2 when it fits in half of it) and, with several blocks, fp32
+  partial sums of ``dK`` and ``dV``.
+* where the table has no kernel the op runs the chunked PyTorch path of
+  ``vqvae_fast/ops/spatial_attention.py``: its GEMMs and elementwise passes over fp32
+  ``(B, rows, N)`` blocks are listed one by one (GEMMs at 80% of the tensor rate, elementwise at
+  90% of the bandwidth, each from HBM -- the blocks are 32-64 MB).
 """
 
 from __future__ import annotations
@@ -55,7 +63,9 @@ def launches(case: StaticCase, capability: int, sms: int) -> list[LaunchWork]:
     with recorded(backward_launcher, capability, sms) as log:
         backward_launcher.backward(out, q, k, v, out, lse, *grads, scale)
     works = [_work(case, launch) for launch in log]
-    dq = next(w for w in works if w.config.kernel == "_dq_kernel")
+    dq = next((w for w in works if w.config.kernel == "_dq_kernel"), None)
+    if dq is None:  # by blocks of rows: no partial sums outside the kernels
+        return works
     splits = dict(dq.config.pointers)["dQ"] == "fp32"
     if splits:  # the launcher adds the fp32 partial sums, then rounds into dq
         n_splits = dq.grid // (cdiv(n, dict(dq.config.constexprs)["BLOCK_M"]) * b)
@@ -83,20 +93,17 @@ def _work(case: StaticCase, launch) -> LaunchWork:
     kernel = cfg.kernel
     lw = LaunchWork(kernel.strip("_").replace("_kernel", ""), TABLE, cfg, grid, tensor_operand=case.dtype)
     if kernel == "_forward_kernel":
-        head, bm, bn, bco = t["HEAD"], t["BLOCK_M"], t["BLOCK_N"], t["BLOCK_CO"]
+        head, bm, bn = t["HEAD"], t["BLOCK_M"], t["BLOCK_N"]
         splits = launch.grid[2]
         lw.prologue_load_bytes = bm * head * s
         lw.trips = cdiv(min(args["keys_per_split"], n), bn)
-        lw.trip_load_bytes = (head * bn + bn * bco) * s
-        lw.tensor_flops = grid * lw.trips * 2 * bm * bn * (head + bco)
+        lw.trip_load_bytes = 2 * head * bn * s
+        lw.tensor_flops = grid * lw.trips * 4 * bm * bn * head
         lw.fma_flops = grid * lw.trips * bm * bn * SOFTMAX_FLOPS
         out_bytes = splits * b * head * n * 4 + splits * b * n * 4 if t["SPLIT"] else b * head * n * s + b * n * 4
         lw.store_bytes = out_bytes
         lw.dram_bytes = 3 * b * head * n * s + out_bytes
         lw.l2_bytes = grid * lw.load_bytes_per_cta
-        if bco < head:
-            lw.notes.append(f"logits recomputed for each of {head // bco} output-channel blocks "
-                            f"({(head + bco) * head // bco / (2 * head):.2f}x the floor's FLOPs)")
         if splits > 1:
             lw.notes.append(f"keys split {splits} ways: fp32 partial outputs")
     elif kernel == "_combine_kernel":
@@ -134,9 +141,90 @@ def _work(case: StaticCase, launch) -> LaunchWork:
         lw.dram_bytes = 4 * b * head * n * s + 2 * b * n * 4 + lw.store_bytes
         lw.reread_bytes = 4 * b * head * n * s + 2 * b * n * 4  # Delta's kernel read out and dO just before
         lw.notes.append("S and dP recomputed in both the dK/dV and the dQ kernel")
+    elif kernel in _ROWS:
+        _ROWS[kernel](lw, args, t, launch.grid, s)
     else:
         raise NotImplementedError(f"spatial_attention static model: no accounting for {kernel}")
     return lw
+
+
+# ----------------------------------------------------------------------------------------------
+# By blocks of query rows (spatial_attention_rows_jit.py); ``grid`` is the launch's 3-D grid
+
+
+def _scores(lw: LaunchWork, args: dict, t: dict, grid: tuple, s: int) -> None:
+    """``Qᵀ K`` for a (rows, keys) tile in steps of ``BLOCK_K`` channels; ``P~`` and stats out."""
+    bm, bn, bk = t["BLOCK_M"], t["BLOCK_N"], t["BLOCK_K"]
+    b, c, n, rows = grid[2], args["C"], args["N"], args["rows"]
+    lw.trips = cdiv(c, bk)
+    lw.trip_load_bytes = (bm + bn) * bk * s
+    lw.tensor_flops = lw.grid * 2 * bm * bn * c
+    lw.fma_flops = lw.grid * bm * bn * SOFTMAX_FLOPS
+    lw.store_bytes = lw.grid * bm * bn * s + b * rows * grid[1] * 2 * 4
+    k_bytes = b * c * n * s
+    lw.dram_bytes = b * c * rows * s + k_bytes + lw.store_bytes
+    lw.l2_bytes = lw.grid * lw.load_bytes_per_cta
+    lw.reread_bytes = k_bytes if args["row0"] else 0  # the previous block of rows read k
+    lw.notes.append("P~ of the block of rows written to the 16-bit scratch")
+
+
+def _attend(lw: LaunchWork, args: dict, t: dict, grid: tuple, s: int) -> None:
+    """``V P~ᵀ`` for a (channels, rows) tile, one key tile per trip, scaled by the tile's stats."""
+    bm, bn, kt = t["BLOCK_M"], t["BLOCK_N"], t["KEY_TILE"]
+    b, c, n, rows, tiles = grid[2], args["C"], args["N"], args["rows"], args["tiles"]
+    keys = tiles * t["STATS_TILE"]
+    lw.trips = keys // kt
+    lw.prologue_load_bytes = 3 * bn * tiles * 4  # m_t, then m_t and l_t of every tile
+    lw.trip_load_bytes = (bm + bn) * kt * s + bn * 4
+    lw.tensor_flops = lw.grid * lw.trips * 2 * bm * bn * kt
+    lw.fma_flops = lw.grid * lw.trips * bm * bn * 2
+    lw.store_bytes = b * c * rows * s + b * rows * 4
+    scratch = b * grid[1] * bn * keys * s + b * rows * tiles * 2 * 4
+    lw.dram_bytes = scratch + b * c * n * s + lw.store_bytes
+    lw.l2_bytes = lw.grid * lw.load_bytes_per_cta
+    lw.reread_bytes = scratch  # written by the scores launch just before
+    lw.notes.append("P~ read back from the scratch")
+
+
+def _score_grads(lw: LaunchWork, args: dict, t: dict, grid: tuple, s: int) -> None:
+    """``S = Qᵀ K`` and ``dP = dOᵀ V`` for a (rows, keys) tile; ``P`` and ``dS`` out."""
+    bm, bn, bk = t["BLOCK_M"], t["BLOCK_N"], t["BLOCK_K"]
+    b, c, n, rows = grid[2], args["C"], args["N"], args["rows"]
+    lw.trips = cdiv(c, bk)
+    lw.trip_load_bytes = 2 * (bm + bn) * bk * s
+    lw.tensor_flops = lw.grid * 2 * 2 * bm * bn * c
+    lw.fma_flops = lw.grid * bm * bn * SOFTMAX_FLOPS
+    lw.store_bytes = 2 * lw.grid * bm * bn * s
+    row_bytes = 2 * b * c * rows * s + 2 * b * rows * 4  # q and dO of the rows, lse and Delta
+    kv_bytes = 2 * b * c * n * s
+    lw.dram_bytes = row_bytes + kv_bytes + lw.store_bytes
+    lw.l2_bytes = lw.grid * lw.load_bytes_per_cta
+    # dO and Delta: the Delta launch just before; k and v: the previous block of rows
+    lw.reread_bytes = b * c * rows * s + b * rows * 4 + (kv_bytes if args["row0"] else 0)
+    lw.notes.append("P and dS of the block of rows written to the 16-bit scratch")
+
+
+def _bmm(lw: LaunchWork, args: dict, t: dict, grid: tuple, s: int) -> None:
+    """``Out = alpha A B (+ Acc)``: ``A`` (M, K), ``B`` (K, N) 16-bit, every operand from the
+    launches before (the scratch, q, dO, k, an fp32 partial sum)."""
+    bm, bn, bk = t["BLOCK_M"], t["BLOCK_N"], t["BLOCK_K"]
+    b, m, n, k = grid[2], args["M"], args["N"], args["K"]
+    out_bytes = BYTES[dict(lw.config.pointers)["Out"]]
+    lw.label = f"bmm {m}x{n}x{k}" + (" + fp32 partial" if t["ADD"] else "")
+    lw.trips = cdiv(k, bk)
+    lw.trip_load_bytes = (bm + bn) * bk * s
+    lw.tensor_flops = lw.grid * lw.trips * 2 * bm * bn * bk
+    lw.store_bytes = b * m * n * out_bytes
+    reads = b * (m * k + k * n) * s + (b * m * n * 4 if t["ADD"] else 0)
+    lw.dram_bytes = reads + lw.store_bytes
+    lw.l2_bytes = lw.grid * lw.load_bytes_per_cta + (b * m * n * 4 if t["ADD"] else 0)
+    lw.reread_bytes = reads
+    if out_bytes == 4:
+        lw.notes.append("fp32 partial sum over blocks of rows")
+
+
+_ROWS = {"_scores_kernel": _scores, "_attend_kernel": _attend, "_score_grads_kernel": _score_grads,
+         "_bmm_kernel": _bmm}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """``spatial_attention``: single-head attention over H*W positions with head size C.
 
-Backends: ``triton`` (flash-attention kernels of ``vqvae_fast.kernels.spatial_attention`` for
-fp16/bf16 CUDA tensors), ``cpu`` (the chunked PyTorch implementation below), ``reference``
+Backends: ``triton`` (the kernels of ``vqvae_fast.kernels.spatial_attention`` for fp16/bf16 CUDA
+tensors: flash attention up to head 128, blocks of query rows at heads 256 and 512, forward and
+backward; docs/spatial-attention.md), ``cpu`` (the chunked PyTorch implementation below), ``reference``
 (materialises the ``N x N`` matrix). The fast backends run behind the custom op
 ``vqvae_fast::spatial_attention`` (forward, returning the output and the row log-sum-exp) and
 ``vqvae_fast::spatial_attention_backward``, with fake and autograd registrations, so that
@@ -11,7 +12,7 @@ The chunked implementation processes the queries in blocks of rows sized so that
 fp32 logits ``(B, rows, N)`` stays within :data:`CHUNK_BYTES`; nothing ``N x N`` is allocated,
 forward or backward. It also serves CUDA inputs the kernels do not take: fp32 (cuBLAS GEMMs,
 following ``torch.backends.cuda.matmul`` precision settings) and head sizes or GPUs without a
-kernel configuration.
+kernel configuration (heads above 512, GPUs before sm_80).
 
 When the custom op runs (the rule of :func:`vqvae_fast._backend.custom_op_needed`): under
 ``torch.compile``, and in eager mode when autograd must record the call; an eager call that
