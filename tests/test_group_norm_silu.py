@@ -139,18 +139,20 @@ def test_fp32_parameters_with_half_input(backend_device):
 
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-@pytest.mark.parametrize("chunk_tiles", [1, 2])
+@pytest.mark.parametrize("chunk_tiles", [1, 2, (2, 1)])  # 5 or 3 chunks; 3 for the sums, 5 for the rest
 def test_split_path_matches_reference(triton_device, layout, chunk_tiles):
     """The multi-program reduction (partials, combine, apply; and its backward), forced with the
-    table's narrow tiles and short chunks so that a small input spreads each group over several
-    chunks of one or more tiles."""
+    table's narrow tile and short chunks so that a small input spreads each group over several
+    chunks of one or more tiles; the elementwise kernels chunked unlike the sums."""
     K = _kernels()
-    x = make_input((2, 8, 20, 20), torch.float32, layout, triton_device, mean=3.0)
+    x = make_input((2, 8, 20, 60), torch.float32, layout, triton_device, mean=3.0)  # 5 tiles: uneven chunks
     weight, bias = make_params(8, torch.float32, triton_device)
-    tile = (32, 128) if layout == "channels_last" else (64, 64)
-    choices = dict(path="split", split_tile=tile, chunk_tiles=chunk_tiles)
+    choices = dict(path="split", split_tile=(16, 256), chunk_tiles=chunk_tiles)
     (y, mean, rstd), launches = K.plan_forward(x, 4, weight, bias, EPS, True, **choices)
-    assert launches[1].args[6] > 1  # NUM_CHUNKS: each group's reduction is split
+    combine = dict(zip(launches[1].kernel.arg_names, launches[1].args))
+    assert combine["NUM_CHUNKS"] > 1  # each group's reduction is split
+    apply = dict(zip(launches[2].kernel.arg_names, launches[2].args))
+    assert apply["NUM_CHUNKS"] == (3 if chunk_tiles == 2 else 5)
     assert launches[0].kernel is K.jit._gn_fwd_partial_stats_kernel and launches[0].args[0] is x
     K.run(launches)
     assert_matches_reference(y, lambda x_, w_, b_: R.group_norm_silu(x_, 4, w_, b_, EPS),
@@ -158,6 +160,62 @@ def test_split_path_matches_reference(triton_device, layout, chunk_tiles):
     dy = torch.randn_like(y)
     actual = K.backward(dy, x, mean, rstd, weight, bias, 4, True, **choices)
     assert_matches_reference(list(actual), lambda x_, w_, b_, dy_: reference_grads(x_, 4, w_, b_, "silu", dy_),
+                             [x, weight, bias, dy], dtype=torch.float32, atol=1e-4)
+
+
+def _tile_cases():
+    """``(layout, path, tile)`` for every tile of the table, fused tiles of both directions."""
+    T = _kernels().T
+    for channels_last, layout in ((False, "nchw"), (True, "channels_last")):
+        fused = dict.fromkeys(T.FUSED_TILES[channels_last] + T.FUSED_BACKWARD_TILES[channels_last])
+        for tile in fused:
+            yield layout, "fused", tile[:2]
+        for tile in T.SPLIT_TILES[channels_last]:
+            yield layout, "split", tile[:2]
+
+
+@pytest.mark.parametrize("layout, path, tile", list(_tile_cases()), ids=lambda v: str(v).replace(" ", ""))
+def test_every_tile_matches_reference(triton_device, layout, path, tile):
+    """Each tile of the table in the interpreter, forward and backward, on sizes that leave a
+    remainder tile and masked channels: NCHW positions beyond one 4096-wide tile (full tiles, then
+    the rest), 12 channels in 3 groups (a 16- or 64-channel unit holds 3 groups, channels-last
+    blocks are partly masked), one program looping over all units (``num_sms=1``)."""
+    K = _kernels()
+    shape = (2, 12, 43, 201) if tile[1] >= 1024 else (2, 12, 9, 91)
+    x = make_input(shape, torch.float32, layout, triton_device, mean=2.0)
+    weight, bias = make_params(12, torch.float32, triton_device)
+    key = "fused_tile" if path == "fused" else "split_tile"
+    choices = {"path": path, key: tile, "num_sms": 1}
+    forward_tiles = K.T.FUSED_TILES if path == "fused" else K.T.SPLIT_TILES
+    if tile in [t[:2] for t in forward_tiles[layout == "channels_last"]]:
+        (y, mean, rstd), launches = K.plan_forward(x, 3, weight, bias, EPS, True, **choices)
+        assert dict(launches[-1].config.constexprs)["BLOCK_S"] == tile[1]
+        K.run(launches)
+        assert_matches_reference(y, lambda x_, w_, b_: R.group_norm_silu(x_, 3, w_, b_, EPS), [x, weight, bias],
+                                 dtype=torch.float32)
+    else:  # a forward-only fused tile: statistics from the default plan
+        y, mean, rstd = K.forward(x, 3, weight, bias, EPS, True)
+    dy = torch.randn_like(y)
+    backward_tiles = K.T.FUSED_BACKWARD_TILES if path == "fused" else K.T.SPLIT_TILES
+    if tile in [t[:2] for t in backward_tiles[layout == "channels_last"]]:
+        actual = K.backward(dy, x, mean, rstd, weight, bias, 3, True, **choices)
+        assert_matches_reference(list(actual), lambda x_, w_, b_, dy_: reference_grads(x_, 3, w_, b_, "silu", dy_),
+                                 [x, weight, bias, dy], dtype=torch.float32, atol=1e-4)
+
+
+def test_fused_units_of_several_groups_and_unaligned_channels(triton_device):
+    """Channels-last fused units of whole groups that do not fill the tile (3 channels per group:
+    five groups in a 16-channel unit, the last unit of a sample partly empty), SiLU off."""
+    K = _kernels()
+    x = make_input((3, 21, 6, 5), torch.float32, "channels_last", triton_device, mean=-1.0)
+    weight, bias = make_params(21, torch.float32, triton_device)
+    choices = dict(path="fused", fused_tile=(16, 256), num_sms=1)
+    y, mean, rstd = K.forward(x, 7, weight, bias, EPS, False, **choices)
+    assert_matches_reference(y, lambda x_, w_, b_: R.group_norm_silu(x_, 7, w_, b_, EPS, None), [x, weight, bias],
+                             dtype=torch.float32)
+    dy = torch.randn_like(y)
+    actual = K.backward(dy, x, mean, rstd, weight, bias, 7, False, **choices)
+    assert_matches_reference(list(actual), lambda x_, w_, b_, dy_: reference_grads(x_, 7, w_, b_, None, dy_),
                              [x, weight, bias, dy], dtype=torch.float32, atol=1e-4)
 
 
@@ -213,8 +271,24 @@ def test_large_mean_small_std(backend_device, dtype):
     if backend == "triton" and dtype == torch.float32:
         # the split path's pivot-shifted partials, over four chunks, keep the same accuracy
         x = make_input((2, 16, 16, 16), dtype, "nchw", device, mean=1e4)
-        y = _kernels().forward(x, 4, weight, bias, EPS, True, path="split", chunk_tiles=1)[0]
+        y = _kernels().forward(x, 4, weight, bias, EPS, True, path="split", chunk_tiles=1, split_tile=(16, 256))[0]
         _assert_as_accurate_as_pytorch(y, x, weight, bias, 4)
+
+
+@pytest.mark.parametrize("path", ["fused", "split"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_outliers_where_the_pivot_is_taken(triton_device, path, layout):
+    """Mean 1e4, std 1, and a first element (and first tile) far out: the sums are shifted by the
+    first tile's mean, not by one value, so one outlier does not set the scale of the
+    cancellation. As accurate as PyTorch's own fp32 group norm."""
+    K = _kernels()
+    x = make_input((2, 16, 16, 16), torch.float32, layout, triton_device, mean=1e4)
+    x[:, :, 0, 0] += 3e3
+    x[:, :, 0, 1] -= 2e3
+    weight, bias = make_params(16, torch.float32, triton_device)
+    choices = dict(path=path, num_sms=1, **({"chunk_tiles": 1, "split_tile": (16, 256)} if path == "split" else {}))
+    y = K.forward(x, 4, weight, bias, EPS, True, **choices)[0]
+    _assert_as_accurate_as_pytorch(y, x, weight, bias, 4)
 
 
 def test_fp16_near_its_limit(backend_device):
@@ -292,19 +366,35 @@ def test_layouts_are_read_in_place_and_odd_strides_copied_once():
 
 def test_batch_one_fills_the_gpu():
     """At batch 1 a VQGAN-sized group is reduced by many programs (planned on meta tensors, which
-    stand in for an H100's 132 SMs), and small groups take the one-launch fused path."""
+    stand in for an H100's 132 SMs): the split grid fills whole waves; small groups take the
+    one-launch fused path with every SM busy."""
     K = _kernels()
     for fmt in (torch.contiguous_format, torch.channels_last):
         x = torch.empty(1, 128, 256, 256, dtype=torch.float16, device="meta", memory_format=fmt)
         (_, mean, rstd), launches = K.plan_forward(x, 32, None, None, EPS, True)
         assert [launch.kernel.__name__ for launch in launches] == [
             "_gn_fwd_partial_stats_kernel", "_gn_fwd_combine_kernel", "_gn_fwd_apply_kernel"]
-        assert launches[0].grid[0] >= 4 * 132 and launches[2].grid[0] >= 4 * 132
+        for launch in (launches[0], launches[2]):  # whole waves: every SM busy, the last wave at least 90% full
+            wave = 132 * dict(launch.config.occupancy)["sm_90a"]
+            assert launch.grid[0] >= 132 and launch.grid[0] / (-(-launch.grid[0] // wave) * wave) >= 0.9
         _, backward = K.plan_backward(torch.empty_like(x), x, mean, rstd, None, None, 32, True)
-        assert backward[0].grid[0] >= 4 * 132
-    x = torch.empty(1, 512, 16, 16, dtype=torch.float16, device="meta")
-    assert [launch.kernel.__name__ for launch in K.plan_forward(x, 32, None, None, EPS, True)[1]] == [
-        "_gn_fwd_fused_kernel"]
+        assert backward[0].grid[0] >= 132 * dict(backward[0].config.occupancy)["sm_90a"]
+    x = torch.empty(8, 512, 16, 16, dtype=torch.float16, device="meta")
+    launches = K.plan_forward(x, 32, None, None, EPS, True)[1]
+    assert [launch.kernel.__name__ for launch in launches] == ["_gn_fwd_fused_kernel"]
+    assert launches[0].grid[0] >= 132
+
+
+def test_absent_parameters_are_made_once():
+    """A norm without weight / bias runs with cached ones and zeros: no fill kernel per call."""
+    K = _kernels()
+    x = torch.randn(2, 8, 3, 3)
+    first, second = K._affine(x, None, None), K._affine(x, None, None)
+    assert first[0] is second[0] and first[1] is second[1]
+    assert torch.equal(first[0], torch.ones(8)) and torch.equal(first[1], torch.zeros(8))
+    bias = torch.randn(8, dtype=torch.float64)
+    w, b = K._affine(x, None, bias)
+    assert b is bias and w.dtype == torch.float64 and torch.equal(w, torch.ones(8, dtype=torch.float64))
 
 
 def test_inputs_are_not_modified(backend_device):

@@ -84,6 +84,24 @@ GN_DTYPES = [(torch.float32, torch.float32), (torch.float16, torch.float16), (to
              (torch.bfloat16, torch.bfloat16), (torch.bfloat16, torch.float32)]
 
 
+def _group_norm_plans(x, groups, w, b, silu, capability, seen, **choices):
+    """Plan the forward and the backward with ``choices``; record and check their launches.
+    False where the choices do not apply (a fused tile narrower than a group)."""
+    dtype = x.dtype
+    with recorded(gn, capability):
+        try:
+            (_, mean, rstd), forward = gn.plan_forward(x, groups, w, b, 1e-6, silu, **choices)
+        except ValueError:
+            return False
+        assert_in_table(gn.T.TABLE, forward, capability, seen)
+        tile = choices.get("fused_tile")
+        if tile is not None and tile not in gn.T.FUSED_BACKWARD_TILES[x.stride(1) == 1]:
+            choices.pop("fused_tile")  # a forward-only tile: the backward chooses its own
+        _, backward = gn.plan_backward(meta(x.shape, dtype), x, mean, rstd, w, b, groups, silu, **choices)
+        assert_in_table(gn.T.TABLE, backward, capability, seen)
+    return True
+
+
 def test_group_norm_silu_plans_stay_in_the_table():
     seen = set()
     for capability, (n, c, spatial), (dtype, param_dtype), channels_last in itertools.product(
@@ -91,16 +109,22 @@ def test_group_norm_silu_plans_stay_in_the_table():
     ):
         fmt = {2: torch.channels_last, 3: torch.channels_last_3d}.get(len(spatial), torch.contiguous_format)
         x = meta((n, c, *spatial), dtype, fmt if channels_last else torch.contiguous_format)
-        for groups, silu, affine in itertools.product({1, min(32, c)}, (True, False), ("both", "weight", None)):
+        for groups, affine in itertools.product({1, min(32, c)}, ("both", "weight", None)):
             w = meta((c,), param_dtype) if affine else None
             b = meta((c,), param_dtype) if affine == "both" else None
-            with recorded(gn, capability):
-                for path in (None, "split"):
-                    (_, mean, rstd), forward = gn.plan_forward(x, groups, w, b, 1e-6, silu, path=path)
-                    assert_in_table(gn.T.TABLE, forward, capability, seen)
-                    _, backward = gn.plan_backward(meta(x.shape, dtype), x, mean, rstd, w, b, groups, silu,
-                                                   path=path)
-                    assert_in_table(gn.T.TABLE, backward, capability, seen)
+            for path in (None, "split", "fused"):  # SiLU is a runtime flag: both values
+                _group_norm_plans(x, groups, w, b, affine != "weight", capability, seen, path=path)
+    # every tile of the table, forced, on a shape all of them hold
+    for capability, (dtype, param_dtype), fmt in itertools.product(
+        CAPABILITIES, GN_DTYPES, (torch.contiguous_format, torch.channels_last)
+    ):
+        x = meta((2, 64, 20, 20), dtype, fmt)
+        w = meta((64,), param_dtype)
+        layout = fmt == torch.channels_last
+        for tile in gn.T.FUSED_TILES[layout]:
+            assert _group_norm_plans(x, 32, w, w, True, capability, seen, path="fused", fused_tile=tile)
+        for tile in gn.T.SPLIT_TILES[layout]:
+            assert _group_norm_plans(x, 32, w, w, True, capability, seen, path="split", split_tile=tile)
     assert_every_entry_reached(gn.T.TABLE, seen)
 
 
@@ -108,8 +132,8 @@ def test_group_norm_silu_overrides_must_name_table_tiles():
     x = meta((1, 64, 16, 16))
     with pytest.raises(ValueError, match="split_tile must be one of"):
         gn.plan_forward(x, 32, None, None, 1e-6, True, path="split", split_tile=(8, 8))
-    with pytest.raises(ValueError, match="no fused tile"):
-        gn.plan_forward(meta((1, 64, 512, 512)), 1, None, None, 1e-6, True, path="fused")
+    with pytest.raises(ValueError, match="no fused tile"):  # 128 channels per group: wider than every tile
+        gn.plan_forward(meta((1, 128, 16, 16)), 1, None, None, 1e-6, True, path="fused")
 
 
 def test_group_norm_silu_plans_are_cached():
