@@ -23,6 +23,7 @@ $(VENV)/.deps: requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "torch==$(TORCH_VERSION)" -r requirements-dev.txt
 	$(PY) -m pip install -q --no-deps "taming-transformers-rom1504==0.0.6"
+	$(PY) -m pip install -q --no-deps "icetk==0.0.7"
 	touch $@
 
 $(VENV)/.built: $(VENV)/.deps setup.py pyproject.toml $(EXT_SOURCES)

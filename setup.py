@@ -313,7 +313,7 @@ if ext_modules:
 setup(
     version=VERSION,
     packages=find_packages(include=["vqvae_fast", "vqvae_fast.*"])
-    + ["vqvae_fast.kernels", "vqvae_fast.benchmarks"],
+    + ["vqvae_fast.kernels", "vqvae_fast.benchmarks", "vqvae_fast.benchmarks.static"],
     package_dir={"vqvae_fast.kernels": "kernels", "vqvae_fast.benchmarks": "benchmarks"},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

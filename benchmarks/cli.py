@@ -25,9 +25,10 @@ def csv_list(choices):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .definitions import EXTRA_PROVIDERS, PROVIDERS
+    from .lowmem import PROVIDERS as LOWMEM_PROVIDERS
     from .tokenize_pipeline import PROVIDERS as TOKENIZE_PROVIDERS
 
-    providers = tuple(dict.fromkeys(PROVIDERS + EXTRA_PROVIDERS + TOKENIZE_PROVIDERS))
+    providers = tuple(dict.fromkeys(PROVIDERS + EXTRA_PROVIDERS + TOKENIZE_PROVIDERS + LOWMEM_PROVIDERS))
     parser.add_argument("--ops", type=csv_list(OPS), default=OPS, help=f"ops to run (default all: {','.join(OPS)})")
     parser.add_argument("--shapes", choices=SETS, default=None,
                         help="shape set: quick, full, cpu (CPU-sized), tiny (default: cpu on CPU, quick on CUDA)")
@@ -55,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="CPU threads for torch (default: torch's choice, fewer when the CPU is already "
                              "busy with other work, which makes multi-threaded timings jump)")
     parser.add_argument("--seed", type=int, default=0)
+    from .static_model import add_static_arguments
+
+    add_static_arguments(parser)
 
 
 def resolve_device(name: str | None):
@@ -120,6 +124,10 @@ def run(args) -> int:
     """Run the suite and write ``results.csv``, ``results.json``, ``table.txt`` and the plots."""
     import torch
 
+    if getattr(args, "static", False):  # no GPU, nothing runs: the static performance model
+        from .static_model import run_static
+
+        return run_static(args)
     threads = torch.get_num_threads()
     try:
         return _run(args)
@@ -164,9 +172,11 @@ def _run(args) -> int:
         result = Suite(settings, on_row=writer, progress=not args.quiet, on_start=on_start).run()
     finally:
         writer.close()
+    from .lowmem import memory_notes
     from .tokenize_pipeline import throughput_notes
 
-    notes = result.notes + throughput_notes(result.rows)  # images/s of the tokenize rows
+    # images/s of the tokenize rows, peaks in activations of the lowmem rows
+    notes = result.notes + throughput_notes(result.rows) + memory_notes(result.rows)
     out = report.write_outputs(args.out, result.rows, result.environment, result.peaks, result.settings,
                                result.wall_s, notes, plots=not args.no_plots)
     print(out["text"])

@@ -35,8 +35,9 @@ from .shapes import MODES, Case, Shape
 PROVIDERS = ("reference", "compiled", "pytorch-best", "vqvae_fast")
 # Providers of one op each: argmin's "fast" precision; padded_conv2d's second CUDA algorithm
 # (the default vqvae_fast row runs cuDNN's graph API there), so a GPU run records both; the
-# overhead benchmark's direct call of the registered op (overhead.py).
-EXTRA_PROVIDERS = ("vqvae_fast-fast", "vqvae_fast-decomposed", "torch.ops")
+# overhead benchmark's direct call of the registered op (overhead.py); icetk's own modules
+# (icetk_model.py).
+EXTRA_PROVIDERS = ("vqvae_fast-fast", "vqvae_fast-decomposed", "torch.ops", "icetk")
 
 
 class ProviderUnavailable(Exception):
@@ -59,6 +60,9 @@ class Runner:
     backend: str
     grads_to_common: Callable[[list], list] = lambda grads: grads
     scope: Callable[[], ContextManager] = contextlib.nullcontext  # entered around every call
+    # A provider that measures itself (in a process of its own, lowmem.py): returns a dict with
+    # "times_s" (timed runs), "first_call_s", "peak_bytes", "output" and "note"; fn is not called.
+    measured: Callable[[], dict] | None = None
 
 
 def make_generator(device: torch.device, seed: int) -> torch.Generator:

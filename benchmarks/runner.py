@@ -24,7 +24,7 @@ from .definitions import OpBench, ProviderUnavailable, make_generator
 from .registry import all_benches
 from .device import Peaks, environment
 from .shapes import OPS, Case, build_cases
-from .timing import L2Flusher, peak_memory, synchronize, time_cpu, time_cuda, time_host_loop
+from .timing import L2Flusher, Timing, peak_memory, synchronize, time_cpu, time_cuda, time_host_loop
 
 COLUMNS = (
     "op", "provider", "backend", "mode", "shape", "dtype", "format", "status",
@@ -239,7 +239,7 @@ class Suite:
                 self.check_fatal(err)
         if row["status"] == "error" and not self.broken:
             release(self.device)  # e.g. after running out of memory, before the next provider
-        messages = []
+        messages = [row["note"]] if row["note"] else []  # a self-measuring provider's own note
         for w in caught:
             text = f"{w.category.__name__}: {str(w.message).splitlines()[0][:160]}"
             if text not in messages:
@@ -251,8 +251,23 @@ class Suite:
     def _measure(self, bench, case, provider, inputs, work, state, gen, row) -> None:
         runner = bench.build(provider, inputs, case, self.device)
         row["backend"] = runner.backend
+        if runner.measured is not None:
+            self._record_measured(bench, case, provider, inputs, work, state, row, runner.measured())
+            return
         with runner.scope():
             self._time_runner(bench, case, provider, inputs, work, state, gen, row, runner)
+
+    def _record_measured(self, bench, case, provider, inputs, work, state, row, measured: dict) -> None:
+        """The row of a provider that measured itself (a process per case and provider)."""
+        row["first_call_ms"] = measured["first_call_s"] * 1e3
+        peak = measured.get("peak_bytes")
+        row["peak_mem_mb"] = None if peak is None else peak / 2**20
+        row["note"] = measured.get("note", "")
+        if self.settings.check_errors:
+            expected = self.expected(bench, case, inputs, state)
+            if expected is not None:
+                row["max_err"], row["rel_err"] = bench.error(bench.output_for_error(measured["output"]), expected)
+        self._fill_timing(bench, case, provider, work, row, Timing.of(measured["times_s"]))
 
     def _time_runner(self, bench, case, provider, inputs, work, state, gen, row, runner) -> None:
         device = self.device
@@ -276,6 +291,10 @@ class Suite:
             timing = time_cuda(call, device, self.flush, target_s=self.target_s)
         else:
             timing = time_cpu(call, target_s=self.target_s, warmup=False)  # the calls above warmed it
+        self._fill_timing(bench, case, provider, work, row, timing)
+
+    def _fill_timing(self, bench, case, provider, work, row, timing) -> None:
+        device = self.device
         row.update(time_p50_us=timing.p50 * 1e6, time_p20_us=timing.p20 * 1e6, time_p80_us=timing.p80 * 1e6,
                    reps=timing.reps, flops=work.flops, bytes=work.bytes)
         if work.bytes is not None:

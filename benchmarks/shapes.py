@@ -20,17 +20,24 @@ Dims per op:
                      (taming's ``Downsample``).
 ``vqmodel``          ``(batch, resolution)`` plus ``config`` and ``stage`` (encode, decode,
                      forward) in ``params``: the reference ``VQModel`` end to end.
+``icetk``            ``(batch, resolution)`` plus ``config`` (``default``: icetk's model, 20000
+                     codes; ``tiny``), ``stage`` (encode, decode, quantize) and ``level``:
+                     CogVideo's image tokenizer end to end (``icetk_model.py``).
 ``tokenize``         ``(images, resolution, batch, workers)`` plus ``config`` and the JPEGs'
                      size ``jpeg`` (height, width): the dataset tokenizer end to end.
 ``overhead``         the dims of the op named by ``target`` in ``params``, tiny: the cost of a
                      call beyond its work (``overhead.py``); in every set.
+``lowmem``           ``(batch, resolution)`` plus ``config``: a decode's peak memory and time,
+                     plain and within memory budgets, each provider in a process of its own
+                     (``lowmem.py``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-OPS = ("group_norm_silu", "spatial_attention", "codebook_argmin", "padded_conv2d", "vqmodel", "tokenize", "overhead")
+OPS = ("group_norm_silu", "spatial_attention", "codebook_argmin", "padded_conv2d", "vqmodel", "icetk", "tokenize",
+       "overhead", "lowmem")
 SETS = ("quick", "full", "cpu", "tiny")
 DTYPES = ("fp32", "fp16", "bf16")
 MODES = ("forward", "backward", "forward+backward")
@@ -90,6 +97,10 @@ SHAPES: tuple[Shape, ...] = (
     _s("codebook_argmin", (65536, 1024, 64), "1024 codes of dim 64, 65536 vectors", "full"),
     _s("codebook_argmin", (256, 16384, 256), "f16 codebook 16384x256, 16² latents", "cpu"),
     _s("codebook_argmin", (16384, 1024, 4), "D=4 codebook (vq_f8 style), 128² latents", "cpu"),
+    _s("codebook_argmin", (6400, 20000, 256), "icetk codebook 20000x256, 16 frames of 160² at level 1 (20² codes)",
+       "quick", "full"),
+    _s("codebook_argmin", (400, 20000, 256), "icetk codebook 20000x256, one 160² frame at level 1 (20² codes)",
+       "cpu"),
     _s("codebook_argmin", (50, 70, 8), "tiny", "tiny"),
     # padded_conv2d (issue 3): (N, C_in, H, W, C_out), 3x3, stride 2, padding (0, 1, 0, 1)
     _s("padded_conv2d", (8, 128, 256, 256, 128), "f16/vq_f8 Downsample at level 0, 256² image, batch 8", "quick", "full"),
@@ -114,6 +125,20 @@ SHAPES: tuple[Shape, ...] = (
     _s("vqmodel", (1, 64), "f16 VQGAN decode to 64²", "cpu", config=F16, stage="decode"),
     _s("vqmodel", (1, 64), "f16 VQGAN forward, 64²", "cpu", config=F16, stage="forward"),
     _s("vqmodel", (1, 32), "tiny config forward, 32²", "tiny", config="tiny", stage="forward"),
+    # icetk: CogVideo's image tokenizer, (batch, resolution) at level 1 (8 pixels per code)
+    *(_s("icetk", dims, f"icetk {stage}, {dims[0]} frame{'s' if dims[0] > 1 else ''} of {dims[1]}², level 1",
+         *sets, config="default", stage=stage, level=1)
+      for dims, sets in (((16, 160), ("quick", "full")), ((1, 160), ("full",)), ((1, 256), ("full",)),
+                         ((16, 256), ("full",)), ((1, 64), ("cpu",)), ((4, 64), ("cpu",)))
+      for stage in ("encode", "decode")),
+    _s("icetk", (16, 160), "icetk quantizer (20000 codes), 16 frames of 160², level 1", "quick", "full",
+       config="default", stage="quantize", level=1),
+    _s("icetk", (1, 160), "icetk quantizer (20000 codes), one 160² frame, level 1", "cpu",
+       config="default", stage="quantize", level=1),
+    _s("icetk", (4, 256), "icetk quantizer (20000 codes), 4 frames of 256², level 1", "cpu",
+       config="default", stage="quantize", level=1),
+    _s("icetk", (1, 32), "tiny icetk config, 32² frame, level 1", "tiny", config="tiny", stage="encode", level=1),
+    _s("icetk", (1, 32), "tiny icetk config, 32² frame, level 1", "tiny", config="tiny", stage="decode", level=1),
     # tokenize, the dataset job: (images, resolution, batch, DataLoader workers)
     # (512 in the quick set: the batch-1 loop takes ~7 ms an image and runs 9 times per case)
     _s("tokenize", (512, 256, 64, 8), "f16 VQGAN tokenizing 512 JPEGs of 384x320 to 256², batch 64, 8 workers",
@@ -123,6 +148,14 @@ SHAPES: tuple[Shape, ...] = (
     _s("tokenize", (48, 32, 8, 1), "tiny config tokenizing 48 JPEGs of 48x40 to 32², batch 8, 1 worker", "cpu",
        config="tiny", jpeg=(40, 48)),
     _s("tokenize", (8, 32, 4, 1), "tiny config tokenizing 8 JPEGs", "tiny", config="tiny", jpeg=(40, 48)),
+    # lowmem: a decode's peak memory and time, plain and within memory budgets
+    _s("lowmem", (1, 1024), "f16 VQGAN decode to 1024²: peak memory", "quick", "full", config=F16, stage="decode"),
+    _s("lowmem", (1, 1024), "vq_f8 decode to 1024²: peak memory", "quick", "full", config="vq_f8", stage="decode"),
+    _s("lowmem", (1, 2048), "f16 VQGAN decode to 2048²: peak memory", "full", config=F16, stage="decode"),
+    _s("lowmem", (1, 2048), "vq_f8 decode to 2048²: peak memory", "full", config="vq_f8", stage="decode"),
+    _s("lowmem", (1, 256), "f16 VQGAN decode to 256²: peak memory (CPU-sized)", "cpu", config=F16, stage="decode"),
+    _s("lowmem", (1, 192), "vq_f8 decode to 192²: peak memory (CPU-sized)", "cpu", config="vq_f8", stage="decode"),
+    _s("lowmem", (1, 32), "tiny config decode to 32²: peak memory", "tiny", config="tiny", stage="decode"),
     # overhead: one tiny call of each public op (the work is negligible)
     _s("overhead", (2, 32, 5, 5), "group_norm_silu, 8 groups: per-call overhead", *SETS, target="group_norm_silu"),
     _s("overhead", (1, 32, 16), "spatial_attention: per-call overhead", *SETS, target="spatial_attention"),
@@ -148,8 +181,10 @@ MATRIX: dict[str, dict[str, Matrix]] = {
         "codebook_argmin": Matrix(("fp32",), ("rows",), FORWARD),
         "padded_conv2d": Matrix(("bf16",), IMAGE_FORMATS, FWD_FWDBWD),
         "vqmodel": Matrix(("bf16",), ("nchw",), FORWARD),
+        "icetk": Matrix(("fp16",), ("nchw",), FORWARD),
         "tokenize": Matrix(("bf16",), ("nchw",), FORWARD),
         "overhead": Matrix(("fp32",), ("any",), FWD_FWDBWD),
+        "lowmem": Matrix(("bf16",), ("nchw",), FORWARD),
     },
     "full": {
         "group_norm_silu": Matrix(("bf16", "fp16", "fp32"), IMAGE_FORMATS, ALL_MODES),
@@ -157,8 +192,10 @@ MATRIX: dict[str, dict[str, Matrix]] = {
         "codebook_argmin": Matrix(("fp32", "bf16"), ("rows",), FORWARD),
         "padded_conv2d": Matrix(("bf16", "fp16", "fp32"), IMAGE_FORMATS, ALL_MODES),
         "vqmodel": Matrix(("bf16", "fp32"), ("nchw",), FWD_FWDBWD),
+        "icetk": Matrix(("fp16", "bf16", "fp32"), ("nchw",), FORWARD),
         "tokenize": Matrix(("bf16",), ("nchw",), FORWARD),
         "overhead": Matrix(("fp32",), ("any",), FWD_FWDBWD),
+        "lowmem": Matrix(("bf16", "fp32"), ("nchw",), FORWARD),
     },
     "cpu": {
         "group_norm_silu": Matrix(("fp32",), ("nchw",), FWD_FWDBWD),
@@ -166,8 +203,10 @@ MATRIX: dict[str, dict[str, Matrix]] = {
         "codebook_argmin": Matrix(("fp32",), ("rows",), FORWARD),
         "padded_conv2d": Matrix(("fp32",), ("nchw",), FWD_FWDBWD),
         "vqmodel": Matrix(("fp32",), ("nchw",), FORWARD),
+        "icetk": Matrix(("fp32",), ("nchw",), FORWARD),
         "tokenize": Matrix(("fp32",), ("nchw",), FORWARD),
         "overhead": Matrix(("fp32",), ("any",), FWD_FWDBWD),
+        "lowmem": Matrix(("fp32",), ("nchw",), FORWARD),
     },
     "tiny": {
         "group_norm_silu": Matrix(("fp32",), IMAGE_FORMATS, ALL_MODES),
@@ -175,8 +214,10 @@ MATRIX: dict[str, dict[str, Matrix]] = {
         "codebook_argmin": Matrix(("fp32",), ("rows",), FORWARD),
         "padded_conv2d": Matrix(("fp32",), ("nchw",), ALL_MODES),
         "vqmodel": Matrix(("fp32",), ("nchw",), FWD_FWDBWD),
+        "icetk": Matrix(("fp32",), ("nchw",), FORWARD),
         "tokenize": Matrix(("fp32",), ("nchw",), FORWARD),
         "overhead": Matrix(("fp32",), ("any",), FWD_FWDBWD),
+        "lowmem": Matrix(("fp32",), ("nchw",), FORWARD),
     },
 }
 

@@ -25,6 +25,8 @@ def test_bench(benchmark, bench_case, bench_peaks):
         runner = bench.build(provider, inputs, case, device)
     except ProviderUnavailable as err:
         pytest.skip(str(err))
+    if runner.measured is not None:
+        pytest.skip(f"{case.op} measures each run in a process of its own: vqvae-fast bench --ops {case.op}")
     call, _ = make_call(bench, case, runner, CaseState(), gen)
     call()  # compilation and autotuning stay out of the timing
     synchronize(device)

@@ -23,6 +23,7 @@ if [ ! -x "$PY" ] || [ "$(cat "$VENV/.compat" 2>/dev/null)" != "$stamp" ]; then
     "$PY" -m pip install -q "torch==$TORCH" "triton==$TRITON" "numpy<2.4" "setuptools>=70" wheel \
         -r "$ROOT/requirements-dev.txt"
     "$PY" -m pip install -q --no-deps "taming-transformers-rom1504==0.0.6"
+    "$PY" -m pip install -q --no-deps "icetk==0.0.7"
     echo "$stamp" > "$VENV/.compat"
 fi
 

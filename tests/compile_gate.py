@@ -3,8 +3,10 @@
 Compiles every entry of an op's configuration table (``vqvae_fast.kernels.<op>_table.TABLE``)
 for each architecture it is picked on (sm_80, sm_90a) with no GPU present, and reads the cubin
 with the ``cuobjdump`` that triton ships: registers, shared memory, local memory (spills) and the
-SASS. :func:`check_results` turns every broken promise into a readable line: spills, more than
-255 registers, fewer CTAs per SM than the entry states (``kernels/_table.ctas_per_sm``), shared
+SASS (the compilation itself is ``vqvae_fast.benchmarks.static.compiled``, shared with the static
+performance model, whose disk cache each compilation here refreshes). :func:`check_results`
+turns every broken promise into a readable line: spills, more than 255 registers, fewer CTAs
+per SM than the entry states (``kernels/_table.ctas_per_sm``), shared
 memory over the architecture's limit, no tensor-core instruction where the entry multiplies
 matrices, no 128-bit global load where it streams.
 
@@ -20,90 +22,37 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import re
 import subprocess
 import sys
-import tempfile
 import time
 
-def _cuobjdump() -> str:
-    import triton
+from vqvae_fast.benchmarks.static.compiled import compile_entry, cuobjdump, signature, store
 
-    path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"cuobjdump not found at {path}")
-    return path
-
-
-def signature(fn, cfg) -> tuple[dict, dict, dict]:
-    """``(signature, constexprs, attrs)`` of ``cfg`` as the runtime specialises a launch at
-    aligned shapes: pointers and integers 16-divisible unless listed ``unaligned``, the
-    arguments in ``ones`` constants equal to 1."""
-    pointers, constexprs = dict(cfg.pointers), dict(cfg.constexprs)
-    constexprs.update({name: 1 for name in cfg.ones})
-    sig, aligned = {}, []
-    for name in fn.arg_names:
-        if name in constexprs:
-            sig[name] = "constexpr"
-        elif name in pointers:
-            sig[name] = "*" + pointers[name]
-            aligned.append(name)
-        elif name in cfg.floats:
-            sig[name] = "fp32"
-        else:
-            sig[name] = "i32"
-            if name not in cfg.unaligned:
-                aligned.append(name)
-    unknown = set(pointers) - set(fn.arg_names)
-    if unknown:
-        raise ValueError(f"{cfg.name}: {sorted(unknown)} are not arguments of {fn.__name__}")
-    attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in aligned}
-    return sig, constexprs, attrs
+_cuobjdump = cuobjdump  # the gate's availability check (tests/test_compile_gate.py)
+__all__ = ["signature", "compile_one", "run_gate", "check_results"]
 
 
 def compile_one(table, cfg, arch: str) -> dict:
-    """Compile ``cfg`` for ``arch``; return its resource usage, promises and SASS facts."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
+    """Compile ``cfg`` for ``arch`` (always afresh; the static performance model's cache gets
+    the result); return its resource usage, promises and SASS facts."""
     from vqvae_fast.kernels._table import ARCHS, ctas_per_sm
 
     target = ARCHS[arch]
-    fn = table.jit_function(cfg.kernel)
-    sig, constexprs, attrs = signature(fn, cfg)
-    compiled = triton.compile(
-        ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs),
-        target=GPUTarget("cuda", target.capability, 32),
-        options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages},
-    )
-    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
-        f.write(compiled.asm["cubin"])
-        cubin = f.name
-    try:
-        usage = subprocess.run([_cuobjdump(), "--dump-resource-usage", cubin], capture_output=True,
-                               text=True, check=True).stdout
-        sass = ""
-        if cfg.tensor_cores or cfg.wide_loads:
-            sass = subprocess.run([_cuobjdump(), "-sass", cubin], capture_output=True, text=True,
-                                  check=True).stdout
-    finally:
-        os.unlink(cubin)
-    fields = dict(re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", usage))
-    registers, shared, threads = int(fields.get("REG", 0)), int(compiled.metadata.shared), 32 * cfg.num_warps
+    facts = compile_entry(table, cfg, arch)
+    store(table, cfg, arch, facts)
     return {
         "name": cfg.name,
         "arch": arch,
-        "registers": registers,
-        "local": int(fields.get("LOCAL", 0)),
-        "stack": int(fields.get("STACK", 0)),
-        "shared": shared,
+        "registers": facts.registers,
+        "local": facts.local,
+        "stack": facts.stack,
+        "shared": facts.shared,
         "shared_limit": target.shared_per_block,
-        "threads": threads,
-        "ctas_per_sm": ctas_per_sm(target, registers, threads, shared),
+        "threads": facts.threads,
+        "ctas_per_sm": ctas_per_sm(target, facts.registers, facts.threads, facts.shared),
         "claimed_ctas_per_sm": dict(cfg.occupancy)[arch],
-        "tensor_core_ops": len(re.findall(r"\b(?:HMMA|HGMMA)\b", sass)),
-        "wide_loads": len(re.findall(r"\bLDG\.E\.(?:128|EL\.128|[A-Z.]*128)\b", sass)),
+        "tensor_core_ops": facts.sass.total.tensor,
+        "wide_loads": facts.sass.total.ldg_128,
         "wants_tensor_cores": cfg.tensor_cores,
         "wants_wide_loads": cfg.wide_loads,
     }

@@ -1,6 +1,7 @@
 """The hot path: one backend selection per public call, the custom-op rule, the selection cache's
 invalidation, and no host synchronisation in any accelerated model's forward (on CPU under a
-dispatch mode; on CUDA by capturing a CUDA graph and by ``torch.compile(mode="reduce-overhead")``).
+dispatch mode; on CUDA by capturing a CUDA graph and by ``torch.compile(mode="reduce-overhead")``),
+icetk's HVQVAE included.
 Derived weights and the folded attention projection: tests/test_derived_weights.py."""
 
 from __future__ import annotations
@@ -103,6 +104,24 @@ def _accelerated_diffusers(kind):
     return vqvae_fast.accelerate(peers.randomize_norms(model)).model, lambda m, x: m(x).sample
 
 
+def _icetk_model():
+    from vqvae_fast import icetk
+    from vqvae_fast.reference.icetk import tiny_config
+
+    return peers.randomize_norms(icetk.HVQVAE.from_config(tiny_config())), lambda m, x: m(x)
+
+
+def _accelerated_icetk():
+    from vqvae_fast.icetk import original
+    from vqvae_fast.reference.icetk import tiny_config
+
+    hierarchical = original.icetk_submodule("vqvae_hierarchical")
+    if hierarchical is None:
+        pytest.skip(original.UNAVAILABLE)
+    model = hierarchical.HVQVAE(**tiny_config()["params"])
+    return vqvae_fast.accelerate(peers.randomize_norms(model)).model, lambda m, x: m(x)
+
+
 MODELS = {
     "VQModel": _vq_model,
     "VQModel-remap": lambda: _vq_model(remap=True),
@@ -113,6 +132,8 @@ MODELS = {
     "accelerated-taming": _accelerated_taming,
     "diffusers-VQModel": lambda: _accelerated_diffusers("vq"),
     "diffusers-AutoencoderKL": lambda: _accelerated_diffusers("kl"),
+    "icetk-HVQVAE": _icetk_model,
+    "accelerated-icetk": _accelerated_icetk,
 }
 
 
@@ -272,14 +293,16 @@ cuda_only = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 def _cuda_models():
     vq, _ = _vq_model()
     kl, _ = _kl_model()
+    icetk, _ = _icetk_model()
     return {
         "VQModel": (vq, lambda m, x: m(x)[0]),
         "AutoencoderKL": (kl, lambda m, x: m(x, sample_posterior=False)[0]),
+        "icetk-HVQVAE": (icetk, lambda m, x: m(x)[0][-1]),  # one decoder's image
     }
 
 
 @cuda_only
-@pytest.mark.parametrize("name", ["VQModel", "AutoencoderKL"])
+@pytest.mark.parametrize("name", ["VQModel", "AutoencoderKL", "icetk-HVQVAE"])
 def test_cuda_graph_capture_replays_the_forward(name):
     model, run = _cuda_models()[name]
     model = model.cuda().eval()
@@ -303,7 +326,7 @@ def test_cuda_graph_capture_replays_the_forward(name):
 
 
 @cuda_only
-@pytest.mark.parametrize("name", ["VQModel", "AutoencoderKL"])
+@pytest.mark.parametrize("name", ["VQModel", "AutoencoderKL", "icetk-HVQVAE"])
 def test_torch_compile_reduce_overhead(name):
     model, run = _cuda_models()[name]
     model = model.cuda().eval()

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import vqvae_fast
-from vqvae_fast.tokenize import ModelUnavailableError, codes_dtype, detokenize, load_codes
+from vqvae_fast.tokenize import codes_dtype, detokenize, load_codes
 from vqvae_fast.tokenize.inputs import discover
 from vqvae_fast.tokenize.manifest import read_manifest
 from vqvae_fast.tokenize.preprocess import Preprocess, open_image
@@ -258,7 +258,7 @@ def test_bad_arguments_raise_clear_errors(data, tmp_path):
             vqvae_fast.tokenize(images, out, ckpt, **{**RUN, **overrides})
     with pytest.raises(ValueError, match="does not exist"):
         vqvae_fast.tokenize(str(tmp_path / "nowhere"), out, ckpt, **RUN)
-    with pytest.raises(ModelUnavailableError, match="icetk.*not available yet"):
+    with pytest.raises(ValueError, match="model checkpoint 'model.pt' is not a file"):
         vqvae_fast.tokenize(images, out, "icetk:model.pt", level=1)
     with pytest.raises(ValueError, match="neither a checkpoint file"):
         vqvae_fast.tokenize(images, out, str(tmp_path / "missing.ckpt"))

@@ -1,6 +1,6 @@
 """The model kinds of ``vqvae-fast tokenize``: taming yaml / JSON configs, ``vqvae_fast.configs``
 names, diffusers ``VQModel`` folders (codes against diffusers' own, unaccelerated model), the
-registry and the icetk placeholder."""
+registry and its planned-kind messages (the icetk kind: tests/test_icetk_tokenizer.py)."""
 
 from __future__ import annotations
 
@@ -84,18 +84,21 @@ def test_diffusers_folder_matches_diffusers_own_model(images, tmp_path):
     assert len(detokenize(out, str(tmp_path / "png"), count=2)) == 2
 
 
-def test_model_kind_resolution():
+def test_model_kind_resolution(monkeypatch):
     assert resolve_model_source(CONFIG, checkpoint="x.ckpt").kind == "config"
     assert resolve_model_source("taming:missing.ckpt", config=CONFIG).kind == "taming"
-    with pytest.raises(ModelUnavailableError, match="icetk"):
-        resolve_model_source("icetk:cogview.pt", level=1)
+    assert resolve_model_source("icetk:cogview.pt", level=1).kind == "icetk"  # tests/test_icetk_tokenizer.py
+    with pytest.raises(ValueError, match="level applies to icetk models only"):
+        resolve_model_source("taming:missing.ckpt", config=CONFIG, level=1)
     with pytest.raises(ValueError, match="neither a checkpoint file"):
         resolve_model_source("nothing-here")
-    assert "icetk" in PLANNED_KINDS and "icetk" not in MODEL_KINDS
+    monkeypatch.setitem(PLANNED_KINDS, "future", "the future kind is not available yet")
+    with pytest.raises(ModelUnavailableError, match="future kind is not available"):
+        resolve_model_source("future:model.pt")
 
 
 def test_a_registered_kind_is_used(images, tmp_path):
-    """A new kind (as the icetk one will be) only needs a loader and a fingerprint."""
+    """A new kind (as the icetk one is) only needs a loader and a fingerprint."""
     root, names = images
 
     class MeanColour:  # codes: the mean of each 8x8 block's red channel, quantised to 16 levels

@@ -9,7 +9,9 @@ Functional ops (each picks the best backend for its input; see ``info()``)::
 
 Fast models with the reference's configs and state_dict keys: ``VQModel``, ``AutoencoderKL``,
 ``Encoder``, ``Decoder``; ``accelerate(model)`` makes an existing taming / LDM / diffusers
-autoencoder fast in place; ``tokenize(INPUT, OUT, model=...)`` turns a dataset into codes.
+autoencoder fast in place; ``memory_budget(model, budget)`` runs its encoders and decoders
+exactly within a memory budget (``vqvae_fast.lowmem``); ``tokenize(INPUT, OUT, model=...)``
+turns a dataset into codes.
 ``vqvae_fast.reference`` holds the pure-PyTorch reference model and
 ops; ``use_backend(name)`` forces a backend. Importing this package neither initialises CUDA nor needs triton or the
 compiled extension.
@@ -27,7 +29,9 @@ _LAZY = {
     "AutoencoderKL": ("models", "AutoencoderKL"),
     "Decoder": ("models", "Decoder"),
     "Encoder": ("models", "Encoder"),
+    "memory_budget": ("lowmem", "memory_budget"),
     "VQModel": ("models", "VQModel"),
+    "icetk": ("icetk", None),  # icetk's HVQVAE (CogView2 / CogVideo's image tokenizer) on fast blocks
     "tokenize": ("tokenize", None),  # the dataset tokenizer package (callable: vqvae_fast.tokenize(...))
 }
 
@@ -55,8 +59,10 @@ __all__ = [
     "__version__",
     "codebook_argmin",
     "configs",
+    "icetk",
     "group_norm_silu",
     "info",
+    "memory_budget",
     "nn",
     "padded_conv2d",
     "reference",

@@ -13,9 +13,10 @@ from . import _validation as V
 from . import nn as fast
 from .reference import autoencoder, model
 from .nn.resnet import norm_act
+from .lowmem import LowMemoryModule, TilingSwitches  # exact low-memory mode (memory_budget, enable_tiling)
 
 
-class Encoder(model.Encoder):
+class Encoder(TilingSwitches, LowMemoryModule, model.Encoder):
     __doc__ = model.Encoder.__doc__
     resnet_block = fast.ResnetBlock
     attn_block = fast.AttnBlock
@@ -27,7 +28,7 @@ class Encoder(model.Encoder):
         V.check_matches_module("x", x, self)  # before conv_in, which would name its weight
 
 
-class Decoder(model.Decoder):
+class Decoder(TilingSwitches, LowMemoryModule, model.Decoder):
     __doc__ = model.Decoder.__doc__
     resnet_block = fast.ResnetBlock
     attn_block = fast.AttnBlock
@@ -39,7 +40,7 @@ class Decoder(model.Decoder):
         V.check_matches_module("z", z, self)
 
 
-class VQModel(autoencoder.VQModel):
+class VQModel(TilingSwitches, autoencoder.VQModel):
     __doc__ = autoencoder.VQModel.__doc__
     encoder_cls = Encoder
     decoder_cls = Decoder
@@ -51,7 +52,7 @@ class VQModel(autoencoder.VQModel):
         return super().decode(quant)
 
 
-class AutoencoderKL(autoencoder.AutoencoderKL):
+class AutoencoderKL(TilingSwitches, autoencoder.AutoencoderKL):
     __doc__ = autoencoder.AutoencoderKL.__doc__
     encoder_cls = Encoder
     decoder_cls = Decoder

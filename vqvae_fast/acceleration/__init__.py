@@ -1,8 +1,9 @@
 """``vqvae_fast.accelerate(model)``: make an existing autoencoder fast in place.
 
 Walks the model and replaces every block it recognises (taming / LDM / CogView copies of
-taming's modules, vqvae_fast's reference, diffusers' autoencoder blocks) by a fast block that
-shares the same parameter tensors: the state_dict, its keys and any optimiser keep working.
+taming's modules, vqvae_fast's reference, diffusers' autoencoder blocks, icetk's HVQVAE) by a
+fast block that shares the same parameter tensors: the state_dict, its keys and any optimiser
+keep working.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ OPS = ("group_norm_silu", "spatial_attention", "codebook_argmin", "padded_conv2d
 
 
 def _rules() -> tuple[Rule, ...]:
-    from . import diffusers, taming
+    from . import diffusers, icetk, taming
 
-    return taming.RULES + diffusers.RULES
+    return taming.RULES + diffusers.RULES + icetk.RULES
 
 
 def _is_fast(module: nn.Module) -> bool:
@@ -49,8 +50,8 @@ def accelerate(model: nn.Module, *, ops="all", inplace: bool = True) -> Accelera
     """Replace the slow blocks of ``model`` by fast blocks sharing their parameters.
 
     Args:
-        model: any ``nn.Module`` holding taming / LDM / vqvae_fast-reference or diffusers
-            autoencoder blocks (or such a block itself).
+        model: any ``nn.Module`` holding taming / LDM / vqvae_fast-reference, diffusers or
+            icetk autoencoder blocks (or such a block itself).
         ops: ``"all"`` or the categories to accelerate, from :data:`OPS`: ``group_norm_silu``
             (resnet blocks and the encoder/decoder output heads), ``spatial_attention``
             (attention blocks), ``codebook_argmin`` (vector quantizers), ``padded_conv2d``

@@ -17,6 +17,9 @@ _EXPORTS = {
     "Downsample": "downsample",
     "ResnetBlock": "resnet",
     "Upsample": "upsample",
+    "ResidualDownSample": "residual_downsample",
+    "VectorQuantize": "icetk_quantize",
+    "VectorQuantizeEMA": "icetk_quantize",
     "refresh_derived_weights": "_derived",
 }
 

@@ -22,5 +22,8 @@ def adopt(module: nn.Module, cls: type) -> nn.Module:
     for name in _CONTAINERS:
         if name in module.__dict__:
             fast.__dict__[name] = copy.copy(module.__dict__[name])
+    # an instance-level forward (vqvae_fast.memory_budget's, on a class not ours) is bound to
+    # `module`; the new object runs its class's forward, which honours the same configuration
+    fast.__dict__.pop("forward", None)
     fast.__class__ = cls
     return fast

@@ -11,19 +11,21 @@ kind            ``--model``                                             also nee
                                                                         ``vqvae_fast.configs``
 ``config``      a name of ``vqvae_fast.configs`` (``vq_f8``, ...)        ``--checkpoint``
 ``diffusers``   a folder saved by diffusers' ``VQModel.save_pretrained``  -
-``icetk``       CogView2 / CogVideo's HVQVAE checkpoint                 ``--level``; not available
-                                                                        yet (see below)
+``icetk``       ``icetk:CKPT``: CogView2 / CogVideo's HVQVAE checkpoint  ``--level`` (default 1);
+                (``ice_image.pt``)                                      ``--config``: optional
+                                                                        icetk JSON config
 ==============  ======================================================  ==========================
 
 Every kind runs accelerated: taming / config models are built as ``vqvae_fast.VQModel`` (the
 fast blocks) and loaded with the checkpoint; diffusers models go through
-``vqvae_fast.accelerate``.
+``vqvae_fast.accelerate``; icetk models are built as ``vqvae_fast.icetk.HVQVAE``
+(:mod:`vqvae_fast.tokenize.icetk_kind`, which normalises with icetk's own mean and std inside
+``encode_to_codes``: our pipeline hands every model uint8 pixels).
 
-Adding a kind (this is where the icetk HVQVAE goes): write ``load(source, device, dtype) ->
-CodeModel`` and ``fingerprint(source) -> dict``, then ``register_model_kind(ModelKind("icetk",
-...))``. ``source.level`` carries ``--level``; the icetk loader normalises with icetk's own mean
-and std inside ``encode_to_codes`` (our pipeline hands every model uint8 pixels). Registering a
-kind named in :data:`PLANNED_KINDS` replaces its "not available yet" message.
+Adding a kind: write ``load(source, device, dtype) -> CodeModel`` and ``fingerprint(source) ->
+dict``, then ``register_model_kind(ModelKind(NAME, ...))``. ``source.level`` carries
+``--level``. Registering a kind named in :data:`PLANNED_KINDS` replaces its "not available yet"
+message.
 """
 
 from __future__ import annotations
@@ -89,10 +91,7 @@ class ModelKind:
 MODEL_KINDS: dict[str, ModelKind] = {}
 
 #: Kinds announced but not implemented here yet: name -> what to tell the user.
-PLANNED_KINDS = {
-    "icetk": "the icetk HVQVAE tokenizer (CogView2 / CogVideo, with --level) is not available yet in this "
-             "version of vqvae_fast; convert the model or use a taming, diffusers or vqvae_fast.configs model",
-}
+PLANNED_KINDS: dict[str, str] = {}
 
 
 def register_model_kind(kind: ModelKind, *, replace: bool = False) -> None:
@@ -345,3 +344,5 @@ def diffusers_fingerprint(source: ModelSource) -> dict:
 register_model_kind(ModelKind(
     "diffusers", "a folder saved by diffusers' VQModel.save_pretrained", load_diffusers, diffusers_fingerprint,
     recognises=is_diffusers_vq_folder))
+
+from . import icetk_kind  # noqa: E402,F401 - registers the "icetk" kind

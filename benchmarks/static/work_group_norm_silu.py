@@ -1,0 +1,125 @@
+"""``group_norm_silu``: the launches of a case and the work each does (``work.py`` explains the fields).
+
+The launcher (``kernels/group_norm_silu.py``) plans on ``meta`` tensors; each launch's arguments
+give its tiles and chunking. ``E = N*C*S`` elements of ``s`` bytes:
+
+* fused forward: one program per group reads its ``C/G x S`` values once and writes them once.
+* split forward: partial statistics read ``x`` (``E*s``) and write ``2 * N*C*chunks`` fp32
+  partials; the combine reads those; apply reads ``x`` again and writes ``y``: ``3*E*s`` in all.
+* backward (fused: one program per group; split: partial sums, per-group finish, ``dx``) reads
+  ``x`` and ``dy`` and writes ``dx`` (split: ``x`` and ``dy`` twice, ``5*E*s``); the affine
+  gradients add ``N*C`` fp32 sums. The benchmark's ``dy`` is NCHW-contiguous: for a
+  channels-last input the launcher copies it first (``2*E*s`` more).
+
+FMA work is a handful of fp32 operations per element (counted, never binding).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from vqvae_fast.kernels import group_norm_silu as launcher
+
+from .work import BYTES, LaunchWork, StaticCase, cdiv, meta, recorded
+
+TABLE = "vqvae_fast.kernels.group_norm_silu_table"
+GROUPS, EPS = 32, 1e-6
+#: fp32 operations per element: statistics (shift, sum, square), normalise + affine + SiLU
+FLOPS_PER_ELEMENT = {"stats": 4, "apply": 8, "backward": 20}
+
+
+def _tensors(case: StaticCase):
+    n, c, h, w = case.dims
+    fmt = torch.channels_last if case.format == "channels_last" else torch.contiguous_format
+    x = meta((n, c, h, w), case.dtype, fmt)
+    return x, meta((c,), case.dtype), meta((c,), case.dtype)
+
+
+def launches(case: StaticCase, capability: int, sms: int) -> list[LaunchWork]:
+    x, w, b = _tensors(case)
+    with recorded(launcher, capability, sms):
+        (y, mean, rstd), forward = launcher.plan_forward(x, GROUPS, w, b, EPS, True)
+        if case.mode == "forward":
+            return [_work(case, launch) for launch in forward]
+        dy = meta(x.shape, case.dtype)  # the benchmark's upstream gradient: NCHW-contiguous
+        _, backward = launcher.plan_backward(dy, x, mean, rstd, w, b, GROUPS, True)
+    works = []
+    if case.format == "channels_last":
+        e = x.numel() * BYTES[case.dtype]
+        works.append(LaunchWork("torch copy: dy to channels_last", None, None, 1, dram_bytes=2 * e, l2_bytes=e,
+                                store_bytes=e, torch_efficiency=0.9,
+                                notes=["the benchmark's dy is NCHW: copied to x's layout"]))
+    return works + [_work(case, launch) for launch in backward]
+
+
+def _work(case: StaticCase, launch) -> LaunchWork:
+    cfg = launch.config
+    args = dict(zip(launch.kernel.arg_names, launch.args))
+    tiles = dict(cfg.constexprs)
+    n, c, h, w = case.dims
+    s_bytes = BYTES[case.dtype]
+    S, E = h * w, n * c * h * w
+    grid = math.prod(launch.grid)
+    kernel = cfg.kernel
+    lw = LaunchWork(kernel.strip("_").replace("_kernel", ""), TABLE, cfg, grid)
+    tile = tiles.get("BLOCK_C", 1) * tiles.get("BLOCK_S", 1)
+    if kernel == "_gn_fwd_fused_kernel":
+        lw.dram_bytes, lw.store_bytes = 2 * E * s_bytes, E * s_bytes
+        lw.l2_bytes = E * s_bytes
+        lw.trip_load_bytes = E * s_bytes / grid
+        lw.fma_flops = (FLOPS_PER_ELEMENT["stats"] + FLOPS_PER_ELEMENT["apply"]) * E
+    elif kernel == "_gn_fwd_partial_stats_kernel":
+        partials = 2 * n * c * args["NUM_CHUNKS"] * 4
+        lw.dram_bytes, lw.store_bytes, lw.l2_bytes = E * s_bytes + partials, partials, E * s_bytes
+        lw.trips = cdiv(args["CHUNK"], tiles["BLOCK_S"])
+        lw.trip_load_bytes = tile * s_bytes
+        lw.fma_flops = FLOPS_PER_ELEMENT["stats"] * E
+        lw.notes.append("first of two reads of x (the split path)")
+    elif kernel == "_gn_fwd_combine_kernel":
+        partials = 2 * n * c * args["NUM_CHUNKS"] * 4
+        lw.dram_bytes, lw.store_bytes, lw.l2_bytes = partials + 8 * grid, 8 * grid, partials
+        lw.reread_bytes = partials
+        lw.trips = 2 * cdiv(args["CPG"] * args["NUM_CHUNKS"], tiles["BLOCK"])
+        lw.trip_load_bytes = partials / grid / lw.trips
+    elif kernel == "_gn_fwd_apply_kernel":
+        lw.dram_bytes, lw.store_bytes, lw.l2_bytes = 2 * E * s_bytes, E * s_bytes, E * s_bytes
+        lw.trip_load_bytes = tile * s_bytes
+        lw.fma_flops = FLOPS_PER_ELEMENT["apply"] * E
+        lw.reread_bytes = E * s_bytes
+        lw.notes.append("second read of x (the split path)")
+    elif kernel == "_gn_bwd_fused_kernel":
+        sums = 2 * n * c * 4
+        lw.dram_bytes, lw.store_bytes = 3 * E * s_bytes + sums, E * s_bytes + sums
+        lw.l2_bytes = 2 * E * s_bytes
+        lw.trip_load_bytes = 2 * E * s_bytes / grid
+        lw.fma_flops = FLOPS_PER_ELEMENT["backward"] * E
+    elif kernel == "_gn_bwd_partial_kernel":
+        partials = 2 * n * c * args["NUM_CHUNKS"] * 4
+        lw.dram_bytes, lw.store_bytes, lw.l2_bytes = 2 * E * s_bytes + partials, partials, 2 * E * s_bytes
+        lw.trips = cdiv(args["CHUNK"], tiles["BLOCK_S"])
+        lw.trip_load_bytes = 2 * tile * s_bytes
+        lw.fma_flops = FLOPS_PER_ELEMENT["backward"] / 2 * E
+        lw.notes.append("first of two reads of x and dy (the split path)")
+    elif kernel == "_gn_bwd_group_kernel":
+        partials = 2 * n * c * args["NUM_CHUNKS"] * 4
+        lw.dram_bytes, lw.store_bytes = partials + 2 * n * c * 4 + 8 * grid, 2 * n * c * 4 + 8 * grid
+        lw.l2_bytes = partials
+        lw.reread_bytes = partials
+        lw.trips = cdiv(args["CPG"], tiles["BLOCK_C"]) * cdiv(args["NUM_CHUNKS"], tiles["BLOCK_K"])
+        lw.trip_load_bytes = 2 * tiles["BLOCK_C"] * tiles["BLOCK_K"] * 4
+    elif kernel == "_gn_bwd_dx_kernel":
+        lw.dram_bytes, lw.store_bytes, lw.l2_bytes = 3 * E * s_bytes, E * s_bytes, 2 * E * s_bytes
+        lw.reread_bytes = 2 * E * s_bytes  # the partial sums read x and dy just before
+        lw.trip_load_bytes = 2 * tile * s_bytes
+        lw.fma_flops = FLOPS_PER_ELEMENT["backward"] * E
+    elif kernel == "_gn_bwd_affine_kernel":
+        sums = 2 * n * c * 4
+        lw.dram_bytes, lw.store_bytes, lw.l2_bytes = sums + 2 * c * s_bytes, 2 * c * s_bytes, sums
+        lw.reread_bytes = sums
+        lw.trips = cdiv(n, tiles["BLOCK_N"])
+        lw.trip_load_bytes = 2 * tiles["BLOCK_N"] * tiles["BLOCK_C"] * 4
+    else:
+        raise NotImplementedError(f"group_norm_silu static model: no accounting for {kernel}")
+    return lw
