@@ -179,11 +179,11 @@ def forward(x, num_groups, weight, bias, eps, silu, **choices):
     channels_last are read in place); ``weight``/``bias`` ``(C,)`` in ``x``'s dtype or fp32, or
     ``None``. Keywords ``path`` (``"fused"``/``"split"``), ``split_tile`` / ``fused_tile``
     (``(BLOCK_C, BLOCK_S)`` of one of the table's :data:`~group_norm_silu_table.SPLIT_TILES` /
-    :data:`~group_norm_silu_table.FUSED_TILES`), ``chunk_tiles`` (tiles per split program, or a
-    pair: the statistics' and the elementwise kernel's) and
-    ``num_sms`` (a fused grid has at most ``num_sms`` times the tile's CTAs per SM programs)
-    override the launcher's choices (tests use them to reach every
-    path on small shapes).
+    :data:`~group_norm_silu_table.FUSED_TILES`; the backward's from ``SPLIT_BACKWARD_TILES`` /
+    ``FUSED_BACKWARD_TILES``), ``chunk_tiles`` (tiles per split program, or a pair: the
+    statistics' and the elementwise kernel's) and ``num_sms`` (a fused grid has at most
+    ``num_sms`` times the tile's CTAs per SM programs) override the launcher's choices (tests use
+    them to reach every path on small shapes).
     """
     outputs, launches = plan_forward(x, num_groups, weight, bias, eps, silu, **choices)
     with device_guard(x):

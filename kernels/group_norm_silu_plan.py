@@ -201,7 +201,8 @@ def _best_split(N, C, S, x_type, channels_last, kernels, arch, sms, tile=None, c
     best; the tile is the one with the least summed time. ``chunk_tiles``: tiles per program
     forced for both kernels, or a pair (one per kernel)."""
     best = None
-    for t in _named_tiles(T.SPLIT_TILES[channels_last], tile, "split_tile"):
+    tiles = T.SPLIT_TILES if kernels[0] == "_gn_fwd_partial_stats_kernel" else T.SPLIT_BACKWARD_TILES
+    for t in _named_tiles(tiles[channels_last], tile, "split_tile"):
         forced = chunk_tiles if isinstance(chunk_tiles, tuple) else (chunk_tiles,) * len(kernels)
         picked = [_whole_waves(_chunkings(N, C, S, x_type, channels_last, t, k, arch, sms, f))
                   for k, f in zip(kernels, forced)]

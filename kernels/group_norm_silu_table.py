@@ -10,10 +10,11 @@ The dimensions (``docs/architecture.md`` explains the format):
 * ``CHANNELS_LAST`` (which axis has unit stride). SiLU is a runtime argument (a uniform branch per
   tile), not a doubling of the table;
 * tiles ``(BLOCK_C, BLOCK_S, warps)``: :data:`FUSED_TILES` hold ``BLOCK_C`` channels of whole
-  groups (the launcher takes the one that wastes the fewest lanes); :data:`SPLIT_TILES` stream one
-  channel (NCHW) or 64 channels (channels-last) over long runs of positions, and a squarer tile
-  where the positions are few. Each tile keeps 16 values per thread and carries its warps; one
-  pipeline stage (the loops keep a tile of loads in flight per warp and many warps per SM).
+  groups (the launcher takes the one that wastes the fewest lanes); :data:`SPLIT_TILES` (forward)
+  and :data:`SPLIT_BACKWARD_TILES` stream one channel (NCHW) or 64 channels (channels-last) over
+  long runs of positions, and a squarer tile where the positions are few, on small CTAs. Each
+  tile carries its warps; one pipeline stage (the loops keep a tile of loads in flight per warp
+  and many CTAs per SM).
 
 ``_OCCUPANCY`` states the CTAs per SM each kernel and tile reaches on sm_80 and sm_90a (the least
 the compile gate measures over dtypes and layouts; the launcher sizes grids from it).
@@ -27,17 +28,23 @@ DTYPE_PAIRS = (("fp32", "fp32"), ("fp16", "fp16"), ("fp16", "fp32"), ("bf16", "b
 X_TYPES = ("fp32", "fp16", "bf16")
 PARAM_TYPES = ("fp32", "fp16", "bf16")
 
-#: fused tiles per layout (CHANNELS_LAST -> tiles): 4096 values on 8 warps, and 8192 on 16 warps
-#: (twice the loads in flight per CTA where few programs may be resident: big groups); the
+#: fused tiles per layout (CHANNELS_LAST -> tiles): 4096 values on 8 warps, and (NCHW) 8192 on 16
+#: warps (twice the loads in flight per CTA where few programs may be resident: big groups); the
 #: backward holds x and dy, which 16 warps' 128 registers per thread cannot. Channels-last
-#: tiles are at least 16 channels wide: each row is at least one 32-byte sector
+#: tiles are at least 16 channels wide: each row is at least one 32-byte sector. (A 64x64 NCHW
+#: tile and a 16-warp channels-last tile spill at fp32: not listed; wider groups take the split path)
 FUSED_TILES = {
-    False: ((4, 1024, 8), (16, 256, 8), (64, 64, 8), (4, 2048, 16), (16, 512, 16)),
-    True: ((16, 256, 8), (64, 64, 8), (16, 512, 16)),
+    False: ((4, 1024, 8), (16, 256, 8), (4, 2048, 16), (16, 512, 16)),
+    True: ((16, 256, 8), (64, 64, 8)),
 }
 FUSED_BACKWARD_TILES = {layout: tuple(t for t in tiles if t[2] == 8) for layout, tiles in FUSED_TILES.items()}
-#: split tiles per layout: 4096 values, 8 warps; the first for many positions, the second for few
-SPLIT_TILES = {False: ((1, 4096, 8), (16, 256, 8)), True: ((64, 64, 8), (16, 256, 8))}
+#: split tiles per layout, 4 warps each: the first for many positions (NCHW) or channels
+#: (channels-last), the second for few. Small CTAs: the registers a thread needs per value in
+#: flight bound what an SM holds, and with more, smaller CTAs resident the others cover one's
+#: exposed load latency (Little's law over the CTAs, not within one). The forward keeps 16 values
+#: per thread; the backward, which holds x and dy and more per-channel constants, 8
+SPLIT_TILES = {False: ((1, 2048, 4), (16, 128, 4)), True: ((64, 32, 4), (16, 128, 4))}
+SPLIT_BACKWARD_TILES = {False: ((1, 1024, 4), (16, 64, 4)), True: ((64, 16, 4), (16, 64, 4))}
 COMBINE_BLOCK = 256
 GROUP_TILE = (16, 32)  # (BLOCK_C, BLOCK_K) of the backward per-group kernel
 AFFINE_TILE = (16, 128)  # (BLOCK_N, BLOCK_C) of the weight / bias gradient kernel
@@ -67,38 +74,35 @@ _UNALIGNED = ("CPG", "NUM_GB", "NUM_UNITS", "NUM_CB", "NUM_CHUNKS", "SILU")
 #: parameter dtypes (``tests/compile_gate.py``); the launcher sizes whole waves with it.
 #: Memory-bound kernels want many loads in flight: 16-64 KB per SM
 _OCCUPANCY = {
-    ("_gn_bwd_affine_kernel", (16, 128), None): ((8, 9), (8, 9)),
-    ("_gn_bwd_dx_kernel", (1, 4096, 8), False): ((3, 3), (5, 4)),
-    ("_gn_bwd_dx_kernel", (16, 256, 8), False): ((2, 2), (3, 3)),
-    ("_gn_bwd_dx_kernel", (16, 256, 8), True): ((2, 2), (2, 2)),
-    ("_gn_bwd_dx_kernel", (64, 64, 8), True): ((2, 2), (2, 2)),
-    ("_gn_bwd_fused_kernel", (4, 1024, 8), False): ((1, 1), (1, 1)),
-    ("_gn_bwd_fused_kernel", (16, 256, 8), False): ((1, 1), (1, 2)),
-    ("_gn_bwd_fused_kernel", (64, 64, 8), False): ((1, 1), (1, 1)),
+    ("_gn_bwd_dx_kernel", (1, 1024, 4), False): ((9, 10), (9, 12)),
+    ("_gn_bwd_dx_kernel", (16, 64, 4), False): ((7, 7), (9, 10)),
+    ("_gn_bwd_dx_kernel", (16, 64, 4), True): ((5, 6), (5, 5)),
+    ("_gn_bwd_dx_kernel", (64, 16, 4), True): ((5, 6), (5, 5)),
+    ("_gn_bwd_fused_kernel", (16, 256, 8), False): ((1, 1), (1, 1)),
     ("_gn_bwd_fused_kernel", (16, 256, 8), True): ((1, 1), (1, 1)),
+    ("_gn_bwd_fused_kernel", (4, 1024, 8), False): ((1, 1), (1, 1)),
     ("_gn_bwd_fused_kernel", (64, 64, 8), True): ((1, 1), (1, 1)),
-    ("_gn_bwd_group_kernel", (16, 32), None): ((9, 10), (9, 10)),
-    ("_gn_bwd_partial_kernel", (1, 4096, 8), False): ((2, 2), (2, 2)),
-    ("_gn_bwd_partial_kernel", (16, 256, 8), False): ((2, 2), (2, 2)),
-    ("_gn_bwd_partial_kernel", (16, 256, 8), True): ((2, 2), (2, 2)),
-    ("_gn_bwd_partial_kernel", (64, 64, 8), True): ((2, 2), (2, 2)),
-    ("_gn_fwd_apply_kernel", (1, 4096, 8), False): ((8, 8), (8, 8)),
-    ("_gn_fwd_apply_kernel", (16, 256, 8), False): ((4, 4), (6, 5)),
-    ("_gn_fwd_apply_kernel", (16, 256, 8), True): ((4, 4), (4, 4)),
-    ("_gn_fwd_apply_kernel", (64, 64, 8), True): ((4, 4), (4, 4)),
-    ("_gn_fwd_combine_kernel", (256,), None): ((16, 16), (16, 16)),
+    ("_gn_bwd_partial_kernel", (1, 1024, 4), False): ((8, 9), (8, 8)),
+    ("_gn_bwd_partial_kernel", (16, 64, 4), False): ((7, 7), (8, 8)),
+    ("_gn_bwd_partial_kernel", (16, 64, 4), True): ((5, 6), (5, 5)),
+    ("_gn_bwd_partial_kernel", (64, 16, 4), True): ((5, 5), (5, 5)),
+    ("_gn_fwd_apply_kernel", (1, 2048, 4), False): ((9, 10), (9, 10)),
+    ("_gn_fwd_apply_kernel", (16, 128, 4), False): ((6, 6), (9, 9)),
+    ("_gn_fwd_apply_kernel", (16, 128, 4), True): ((5, 6), (7, 7)),
+    ("_gn_fwd_apply_kernel", (64, 32, 4), True): ((6, 6), (7, 7)),
+    ("_gn_fwd_fused_kernel", (16, 256, 8), False): ((2, 2), (2, 2)),
+    ("_gn_fwd_fused_kernel", (16, 256, 8), True): ((1, 1), (1, 2)),
+    ("_gn_fwd_fused_kernel", (16, 512, 16), False): ((1, 1), (1, 1)),
     ("_gn_fwd_fused_kernel", (4, 1024, 8), False): ((2, 2), (2, 2)),
     ("_gn_fwd_fused_kernel", (4, 2048, 16), False): ((1, 1), (1, 1)),
-    ("_gn_fwd_fused_kernel", (16, 256, 8), False): ((2, 2), (3, 2)),
-    ("_gn_fwd_fused_kernel", (16, 512, 16), False): ((1, 1), (1, 1)),
-    ("_gn_fwd_fused_kernel", (64, 64, 8), False): ((2, 2), (2, 2)),
-    ("_gn_fwd_fused_kernel", (16, 256, 8), True): ((1, 1), (2, 2)),
-    ("_gn_fwd_fused_kernel", (16, 512, 16), True): ((1, 1), (1, 1)),
     ("_gn_fwd_fused_kernel", (64, 64, 8), True): ((1, 1), (1, 1)),
-    ("_gn_fwd_partial_stats_kernel", (1, 4096, 8), False): ((4, 4), (5, 4)),
-    ("_gn_fwd_partial_stats_kernel", (16, 256, 8), False): ((3, 3), (4, 4)),
-    ("_gn_fwd_partial_stats_kernel", (16, 256, 8), True): ((3, 3), (4, 3)),
-    ("_gn_fwd_partial_stats_kernel", (64, 64, 8), True): ((3, 3), (4, 3)),
+    ("_gn_fwd_partial_stats_kernel", (1, 2048, 4), False): ((7, 7), (8, 8)),
+    ("_gn_fwd_partial_stats_kernel", (16, 128, 4), False): ((6, 6), (8, 8)),
+    ("_gn_fwd_partial_stats_kernel", (16, 128, 4), True): ((6, 7), (6, 6)),
+    ("_gn_fwd_partial_stats_kernel", (64, 32, 4), True): ((6, 5), (6, 6)),
+    ("_gn_bwd_affine_kernel", (16, 128), None): ((8, 9), (8, 9)),
+    ("_gn_bwd_group_kernel", (16, 32), None): ((9, 10), (9, 10)),
+    ("_gn_fwd_combine_kernel", (256,), None): ((12, 12), (12, 12)),
 }
 
 
@@ -164,7 +168,7 @@ def _entries():
                 yield _streaming("_gn_fwd_fused_kernel", tile, channels_last, x_type, param_type)
             for tile in FUSED_BACKWARD_TILES[channels_last]:
                 yield _streaming("_gn_bwd_fused_kernel", tile, channels_last, x_type, param_type)
-            for tile in SPLIT_TILES[channels_last]:
+            for tile in SPLIT_BACKWARD_TILES[channels_last]:
                 for kernel in ("_gn_bwd_partial_kernel", "_gn_bwd_dx_kernel"):
                     yield _streaming(kernel, tile, channels_last, x_type, param_type)
         for x_type in X_TYPES:  # kernels that never read the parameters

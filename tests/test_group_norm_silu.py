@@ -139,26 +139,26 @@ def test_fp32_parameters_with_half_input(backend_device):
 
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-@pytest.mark.parametrize("chunk_tiles", [1, 2, (2, 1)])  # 5 or 3 chunks; 3 for the sums, 5 for the rest
+@pytest.mark.parametrize("chunk_tiles", [1, 3, (3, 1)])  # 10 or 4 chunks; 4 for the sums, 10 for the rest
 def test_split_path_matches_reference(triton_device, layout, chunk_tiles):
     """The multi-program reduction (partials, combine, apply; and its backward), forced with the
     table's narrow tile and short chunks so that a small input spreads each group over several
     chunks of one or more tiles; the elementwise kernels chunked unlike the sums."""
     K = _kernels()
-    x = make_input((2, 8, 20, 60), torch.float32, layout, triton_device, mean=3.0)  # 5 tiles: uneven chunks
+    x = make_input((2, 8, 20, 60), torch.float32, layout, triton_device, mean=3.0)  # 10 tiles (19 in the backward): uneven chunks
     weight, bias = make_params(8, torch.float32, triton_device)
-    choices = dict(path="split", split_tile=(16, 256), chunk_tiles=chunk_tiles)
+    choices = dict(path="split", split_tile=(16, 128), chunk_tiles=chunk_tiles)
     (y, mean, rstd), launches = K.plan_forward(x, 4, weight, bias, EPS, True, **choices)
     combine = dict(zip(launches[1].kernel.arg_names, launches[1].args))
     assert combine["NUM_CHUNKS"] > 1  # each group's reduction is split
     apply = dict(zip(launches[2].kernel.arg_names, launches[2].args))
-    assert apply["NUM_CHUNKS"] == (3 if chunk_tiles == 2 else 5)
+    assert apply["NUM_CHUNKS"] == (4 if chunk_tiles == 3 else 10)
     assert launches[0].kernel is K.jit._gn_fwd_partial_stats_kernel and launches[0].args[0] is x
     K.run(launches)
     assert_matches_reference(y, lambda x_, w_, b_: R.group_norm_silu(x_, 4, w_, b_, EPS),
                              [x, weight, bias], dtype=torch.float32)
     dy = torch.randn_like(y)
-    actual = K.backward(dy, x, mean, rstd, weight, bias, 4, True, **choices)
+    actual = K.backward(dy, x, mean, rstd, weight, bias, 4, True, **dict(choices, split_tile=(16, 64)))
     assert_matches_reference(list(actual), lambda x_, w_, b_, dy_: reference_grads(x_, 4, w_, b_, "silu", dy_),
                              [x, weight, bias, dy], dtype=torch.float32, atol=1e-4)
 
@@ -170,14 +170,14 @@ def _tile_cases():
         fused = dict.fromkeys(T.FUSED_TILES[channels_last] + T.FUSED_BACKWARD_TILES[channels_last])
         for tile in fused:
             yield layout, "fused", tile[:2]
-        for tile in T.SPLIT_TILES[channels_last]:
+        for tile in dict.fromkeys(T.SPLIT_TILES[channels_last] + T.SPLIT_BACKWARD_TILES[channels_last]):
             yield layout, "split", tile[:2]
 
 
 @pytest.mark.parametrize("layout, path, tile", list(_tile_cases()), ids=lambda v: str(v).replace(" ", ""))
 def test_every_tile_matches_reference(triton_device, layout, path, tile):
     """Each tile of the table in the interpreter, forward and backward, on sizes that leave a
-    remainder tile and masked channels: NCHW positions beyond one 4096-wide tile (full tiles, then
+    remainder tile and masked channels: NCHW positions beyond one wide tile (full tiles, then
     the rest), 12 channels in 3 groups (a 16- or 64-channel unit holds 3 groups, channels-last
     blocks are partly masked), one program looping over all units (``num_sms=1``)."""
     K = _kernels()
@@ -193,10 +193,10 @@ def test_every_tile_matches_reference(triton_device, layout, path, tile):
         K.run(launches)
         assert_matches_reference(y, lambda x_, w_, b_: R.group_norm_silu(x_, 3, w_, b_, EPS), [x, weight, bias],
                                  dtype=torch.float32)
-    else:  # a forward-only fused tile: statistics from the default plan
+    else:  # a backward-only tile: statistics from the default plan
         y, mean, rstd = K.forward(x, 3, weight, bias, EPS, True)
     dy = torch.randn_like(y)
-    backward_tiles = K.T.FUSED_BACKWARD_TILES if path == "fused" else K.T.SPLIT_TILES
+    backward_tiles = K.T.FUSED_BACKWARD_TILES if path == "fused" else K.T.SPLIT_BACKWARD_TILES
     if tile in [t[:2] for t in backward_tiles[layout == "channels_last"]]:
         actual = K.backward(dy, x, mean, rstd, weight, bias, 3, True, **choices)
         assert_matches_reference(list(actual), lambda x_, w_, b_, dy_: reference_grads(x_, 3, w_, b_, "silu", dy_),
@@ -271,7 +271,7 @@ def test_large_mean_small_std(backend_device, dtype):
     if backend == "triton" and dtype == torch.float32:
         # the split path's pivot-shifted partials, over four chunks, keep the same accuracy
         x = make_input((2, 16, 16, 16), dtype, "nchw", device, mean=1e4)
-        y = _kernels().forward(x, 4, weight, bias, EPS, True, path="split", chunk_tiles=1, split_tile=(16, 256))[0]
+        y = _kernels().forward(x, 4, weight, bias, EPS, True, path="split", chunk_tiles=1, split_tile=(16, 128))[0]
         _assert_as_accurate_as_pytorch(y, x, weight, bias, 4)
 
 
@@ -286,7 +286,7 @@ def test_outliers_where_the_pivot_is_taken(triton_device, path, layout):
     x[:, :, 0, 0] += 3e3
     x[:, :, 0, 1] -= 2e3
     weight, bias = make_params(16, torch.float32, triton_device)
-    choices = dict(path=path, num_sms=1, **({"chunk_tiles": 1, "split_tile": (16, 256)} if path == "split" else {}))
+    choices = dict(path=path, num_sms=1, **({"chunk_tiles": 1, "split_tile": (16, 128)} if path == "split" else {}))
     y = K.forward(x, 4, weight, bias, EPS, True, **choices)[0]
     _assert_as_accurate_as_pytorch(y, x, weight, bias, 4)
 

@@ -87,17 +87,21 @@ GN_DTYPES = [(torch.float32, torch.float32), (torch.float16, torch.float16), (to
 def _group_norm_plans(x, groups, w, b, silu, capability, seen, **choices):
     """Plan the forward and the backward with ``choices``; record and check their launches.
     False where the choices do not apply (a fused tile narrower than a group)."""
-    dtype = x.dtype
+    dtype, layout = x.dtype, x.stride(1) == 1
+    forward_tiles = {"fused_tile": gn.T.FUSED_TILES[layout], "split_tile": gn.T.SPLIT_TILES[layout]}
+    backward_tiles = {"fused_tile": gn.T.FUSED_BACKWARD_TILES[layout], "split_tile": gn.T.SPLIT_BACKWARD_TILES[layout]}
+
+    def direction(tiles):  # a tile of the other direction only: this one chooses its own
+        return {k: v for k, v in choices.items() if k not in tiles or v in tiles[k]}
+
     with recorded(gn, capability):
         try:
-            (_, mean, rstd), forward = gn.plan_forward(x, groups, w, b, 1e-6, silu, **choices)
+            (_, mean, rstd), forward = gn.plan_forward(x, groups, w, b, 1e-6, silu, **direction(forward_tiles))
         except ValueError:
             return False
         assert_in_table(gn.T.TABLE, forward, capability, seen)
-        tile = choices.get("fused_tile")
-        if tile is not None and tile not in gn.T.FUSED_BACKWARD_TILES[x.stride(1) == 1]:
-            choices.pop("fused_tile")  # a forward-only tile: the backward chooses its own
-        _, backward = gn.plan_backward(meta(x.shape, dtype), x, mean, rstd, w, b, groups, silu, **choices)
+        _, backward = gn.plan_backward(meta(x.shape, dtype), x, mean, rstd, w, b, groups, silu,
+                                       **direction(backward_tiles))
         assert_in_table(gn.T.TABLE, backward, capability, seen)
     return True
 
@@ -123,7 +127,7 @@ def test_group_norm_silu_plans_stay_in_the_table():
         layout = fmt == torch.channels_last
         for tile in gn.T.FUSED_TILES[layout]:
             assert _group_norm_plans(x, 32, w, w, True, capability, seen, path="fused", fused_tile=tile)
-        for tile in gn.T.SPLIT_TILES[layout]:
+        for tile in gn.T.SPLIT_TILES[layout] + gn.T.SPLIT_BACKWARD_TILES[layout]:
             assert _group_norm_plans(x, 32, w, w, True, capability, seen, path="split", split_tile=tile)
     assert_every_entry_reached(gn.T.TABLE, seen)
 

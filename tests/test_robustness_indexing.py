@@ -152,7 +152,7 @@ PROBLEMS = {
     "group_norm fused 2^20x64x8x8 channels_last": (_group_norm((2**20, 64, 8, 8), 32, CL, path="fused"), GN_FUSED),
     "group_norm S = 2^30 - 1": (_group_norm((2, 1, 2**30 - 1), 1), GN_SPLIT),
     "group_norm C = 2^30 - 1": (_group_norm((2, 2**30 - 1, 1), 1), GN_SPLIT),
-    "group_norm N = 2^30 - 1": (_group_norm((2**30 - 1, 2), 1), GN_FUSED),
+    "group_norm N = 2^30 - 1": (_group_norm((2**30 - 1, 2), 1, path="fused"), GN_FUSED),
     "group_norm S = 2^30 (refused)": (_group_norm((1, 1, 2**30), 1), None),
     "group_norm N * G = 2^31 (refused)": (_group_norm((2**26, 32), 32), None),
     "codebook_argmin nchw fp16 16x256x1024x1024, codebook 2^24x256":
