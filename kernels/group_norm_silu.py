@@ -196,10 +196,12 @@ def plan_backward(dy, x, mean, rstd, weight, bias, num_groups, silu, *, memory_f
     """``((dx, dweight, dbias), launches)``; see :func:`backward`."""
     N, C, S, G = _sizes(x, num_groups)
     x, channels_last, memory_format = _prepare(x, memory_format)
-    sdy = _view(dy, channels_last)
+    sdy, dy_channels_last = _view(dy, channels_last), channels_last
+    if sdy is None and channels_last and path != "fused":  # an NCHW dy: the split kernels read it in place
+        sdy, dy_channels_last = _view(dy, False), False
     if sdy is None or dy.dtype != x.dtype:  # the one explicit copy: dy laid out unlike x
         dy = _empty(x, memory_format).copy_(dy)
-        sdy = _view(dy, channels_last)
+        sdy, dy_channels_last = _view(dy, channels_last), channels_last
     dx = _empty(x, memory_format)
     if x.numel() == 0:
         zeros = lambda p: None if p is None else torch.zeros_like(p)  # noqa: E731
@@ -208,7 +210,7 @@ def plan_backward(dy, x, mean, rstd, weight, bias, num_groups, silu, *, memory_f
     affine_grads = weight is not None or bias is not None
     arch, sms, tile, fused, chunk_tiles = _device_plan_args(x, num_sms, split_tile, fused_tile, chunk_tiles)
     plan = backward_plan(N, C, S, G, TRITON_TYPES[x.dtype], TRITON_TYPES[w.dtype], channels_last, affine_grads,
-                         arch, sms, path, tile, chunk_tiles, fused)
+                         arch, sms, path, tile, chunk_tiles, fused, dy_channels_last)
     sx, sdx = _view(x, channels_last), _view(dx, channels_last)
     cpg, silu = C // G, int(bool(silu))
     sum_dz, sum_dz_xhat = _fp32((N, C), x.device), _fp32((N, C), x.device)
@@ -236,7 +238,8 @@ def plan_backward(dy, x, mean, rstd, weight, bias, num_groups, silu, *, memory_f
 def backward(dy, x, mean, rstd, weight, bias, num_groups, silu, **choices):
     """``(dx, dweight, dbias)`` from the forward's fp32 ``mean, rstd``: ``dx`` in ``x``'s dtype
     and the forward's output layout, ``dweight``/``dbias`` in the parameters' dtype (``None`` where
-    a parameter is ``None``). ``dy`` may have any strides (copied once when unlike ``x``'s layout)."""
+    a parameter is ``None``). ``dy`` may have any strides: an NCHW ``dy`` of a channels-last ``x``
+    is read in place by the split kernels; other layouts unlike ``x``'s are copied once."""
     outputs, launches = plan_backward(dy, x, mean, rstd, weight, bias, num_groups, silu, **choices)
     with device_guard(x):
         run(launches)

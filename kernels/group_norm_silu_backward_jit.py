@@ -39,12 +39,12 @@ def _dz_xhat(x, dy, mean, rstd, w, b, SILU):
 @triton.jit
 def _dz_sums(x_ptr, dy_ptr, n, c, cmask, lo, hi, C, mean, rstd, w, b, SILU,
              stride_xn, stride_xc, stride_xs, stride_dyn, stride_dyc, stride_dys,
-             CHANNELS_LAST: tl.constexpr, BLOCK_S: tl.constexpr):
+             CHANNELS_LAST: tl.constexpr, BLOCK_S: tl.constexpr, DY_CHANNELS_LAST: tl.constexpr):
     """Per channel ``(sum dz, sum dz * xhat)`` over positions ``lo:hi``; first and last tile
     masked (their masked lanes zeroed: an infinite rstd makes 0 * inf there), the middle ones
     not (lanes of masked channels hold garbage: their sums are for no one)."""
     px, step_x = _range_pointers(x_ptr, n, c, lo, C, stride_xn, stride_xc, stride_xs, CHANNELS_LAST, BLOCK_S)
-    pdy, step_dy = _range_pointers(dy_ptr, n, c, lo, C, stride_dyn, stride_dyc, stride_dys, CHANNELS_LAST, BLOCK_S)
+    pdy, step_dy = _range_pointers(dy_ptr, n, c, lo, C, stride_dyn, stride_dyc, stride_dys, DY_CHANNELS_LAST, BLOCK_S)
     length = hi - lo
     tiles = (length + BLOCK_S - 1) // BLOCK_S
     mask = _edge_mask(cmask, 0, length, BLOCK_S)
@@ -82,10 +82,10 @@ def _dx_tile(px, pdy, pdx, load_mask, store_mask, mean, rstd, w, b, c1, c2, SILU
 @triton.jit
 def _dx(x_ptr, dy_ptr, dx_ptr, n, c, cmask, lo, hi, C, mean, rstd, w, b, c1, c2, SILU,
         stride_xn, stride_xc, stride_xs, stride_dyn, stride_dyc, stride_dys, stride_dxn, stride_dxc, stride_dxs,
-        CHANNELS_LAST: tl.constexpr, BLOCK_S: tl.constexpr):
+        CHANNELS_LAST: tl.constexpr, BLOCK_S: tl.constexpr, DY_CHANNELS_LAST: tl.constexpr):
     """``dx[n, c, lo:hi] = rstd * (w*dz - c2 - xhat*c1)``, last tile first."""
     px, step_x = _range_pointers(x_ptr, n, c, lo, C, stride_xn, stride_xc, stride_xs, CHANNELS_LAST, BLOCK_S)
-    pdy, step_dy = _range_pointers(dy_ptr, n, c, lo, C, stride_dyn, stride_dyc, stride_dys, CHANNELS_LAST, BLOCK_S)
+    pdy, step_dy = _range_pointers(dy_ptr, n, c, lo, C, stride_dyn, stride_dyc, stride_dys, DY_CHANNELS_LAST, BLOCK_S)
     pdx, step_dx = _range_pointers(dx_ptr, n, c, lo, C, stride_dxn, stride_dxc, stride_dxs, CHANNELS_LAST, BLOCK_S,
                                    False)
     length = hi - lo
@@ -134,7 +134,7 @@ def _gn_bwd_fused_kernel(
         lo = u * 0  # positions [0, S) as tensors (S may arrive as the constant 1)
         hi = lo + S
         sum_a, sum_b = _dz_sums(x_ptr, dy_ptr, n, c, valid, lo, hi, C, mean, rstd, w, b, SILU, stride_xn, stride_xc,
-                                stride_xs, stride_dyn, stride_dyc, stride_dys, CHANNELS_LAST, BLOCK_S)
+                                stride_xs, stride_dyn, stride_dyc, stride_dys, CHANNELS_LAST, BLOCK_S, CHANNELS_LAST)
         nc = n.to(tl.int64) * C + c
         tl.store(sum_dz_ptr + nc, sum_a, mask=valid)
         tl.store(sum_dz_xhat_ptr + nc, sum_b, mask=valid)
@@ -143,7 +143,7 @@ def _gn_bwd_fused_kernel(
         c1 = _group_sum((w * sum_b)[None, :], cl, valid, CPG) / count
         _dx(x_ptr, dy_ptr, dx_ptr, n, c, valid, lo, hi, C, mean, rstd, w, b, c1, c2, SILU, stride_xn, stride_xc,
             stride_xs, stride_dyn, stride_dyc, stride_dys, stride_dxn, stride_dxc, stride_dxs, CHANNELS_LAST,
-            BLOCK_S)
+            BLOCK_S, CHANNELS_LAST)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -157,14 +157,15 @@ def _gn_bwd_partial_kernel(
     stride_xn, stride_xc, stride_xs,
     stride_dyn, stride_dyc, stride_dys,
     SILU,
-    CHANNELS_LAST: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
+    CHANNELS_LAST: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, DY_CHANNELS_LAST: tl.constexpr,
 ):
     """Per-channel ``sum dz`` and ``sum dz*xhat`` over one chunk (layout as the forward partial
-    statistics): ``pa/pb[(n*C + c)*NUM_CHUNKS + k]``."""
+    statistics): ``pa/pb[(n*C + c)*NUM_CHUNKS + k]``. ``dy`` may be laid out unlike ``x``
+    (``DY_CHANNELS_LAST``: its unit stride on the channels or on the positions)."""
     n, k, c, cmask, lo, hi = _chunk_of_program(tl.program_id(0), C, S, NUM_CB, NUM_CHUNKS, TILES, BLOCK_C, BLOCK_S)
     mean, rstd, w, b = _channel_constants(mean_ptr, rstd_ptr, w_ptr, b_ptr, n * G + c // CPG, c, cmask)
     sum_a, sum_b = _dz_sums(x_ptr, dy_ptr, n, c, cmask, lo, hi, C, mean, rstd, w, b, SILU, stride_xn, stride_xc,
-                            stride_xs, stride_dyn, stride_dyc, stride_dys, CHANNELS_LAST, BLOCK_S)
+                            stride_xs, stride_dyn, stride_dyc, stride_dys, CHANNELS_LAST, BLOCK_S, DY_CHANNELS_LAST)
     out = (n.to(tl.int64) * C + c) * NUM_CHUNKS + k
     tl.store(pa_ptr + out, sum_a, mask=cmask)
     tl.store(pb_ptr + out, sum_b, mask=cmask)
@@ -214,9 +215,10 @@ def _gn_bwd_dx_kernel(
     stride_dyn, stride_dyc, stride_dys,
     stride_dxn, stride_dxc, stride_dxs,
     SILU,
-    CHANNELS_LAST: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
+    CHANNELS_LAST: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, DY_CHANNELS_LAST: tl.constexpr,
 ):
-    """``dx`` over one chunk (chunks as the partial sums; programs and tiles in reverse order)."""
+    """``dx`` over one chunk (chunks as the partial sums; programs and tiles in reverse order;
+    ``dy`` laid out as ``DY_CHANNELS_LAST`` says)."""
     pid = _second_pass_program()
     n, k, c, cmask, lo, hi = _chunk_of_program(pid, C, S, NUM_CB, NUM_CHUNKS, TILES, BLOCK_C, BLOCK_S)
     grp = n * G + c // CPG
@@ -224,7 +226,7 @@ def _gn_bwd_dx_kernel(
     c1 = tl.load(c1_ptr + grp, mask=cmask, other=0.0)
     c2 = tl.load(c2_ptr + grp, mask=cmask, other=0.0)
     _dx(x_ptr, dy_ptr, dx_ptr, n, c, cmask, lo, hi, C, mean, rstd, w, b, c1, c2, SILU, stride_xn, stride_xc, stride_xs,
-        stride_dyn, stride_dyc, stride_dys, stride_dxn, stride_dxc, stride_dxs, CHANNELS_LAST, BLOCK_S)
+        stride_dyn, stride_dyc, stride_dys, stride_dxn, stride_dxc, stride_dxs, CHANNELS_LAST, BLOCK_S, DY_CHANNELS_LAST)
 
 
 @triton.jit

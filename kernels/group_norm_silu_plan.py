@@ -114,7 +114,7 @@ def _pick(arch, kernel, x_type, param_type, tile=None, warps=T.SMALL_KERNEL_WARP
         warps = tile[2]
     if not T.reads_params(kernel):
         param_type = x_type
-    ones = T.unit_strides(kernel, constexprs.get("CHANNELS_LAST", False))
+    ones = T.unit_strides(kernel, constexprs.get("CHANNELS_LAST", False), constexprs.get("DY_CHANNELS_LAST"))
     return T.TABLE.pick(arch, kernel, T.pointer_types(kernel, x_type, param_type), constexprs, warps, 1, ones)
 
 
@@ -164,14 +164,14 @@ def _best_fused(N, C, S, G, x_type, channels_last, kernel, arch, sms, reread, ti
 # Split: which tile, how many chunks
 
 
-def _chunkings(N, C, S, x_type, channels_last, tile, kernel, arch, sms, chunk_tiles=None):
+def _chunkings(N, C, S, x_type, channels_last, tile, kernel, arch, sms, chunk_tiles=None, dy_channels_last=None):
     """``(seconds, wave fill, chunks)`` of ``kernel`` with ``tile`` for each chunk count worth
     trying (``chunk_tiles``: tiles per program, forced): up to 64 chunks, and the counts around
     1..64 whole waves of the kernel."""
     block_c, block_s, _ = tile
     units = N * cdiv(C, block_c)
     tiles = cdiv(S, block_s)
-    ctas = T.occupancy(kernel, tile, arch, channels_last, x_type)
+    ctas = T.occupancy(kernel, tile, arch, channels_last, x_type, dy_channels_last)
     if chunk_tiles is not None:
         counts = {cdiv(tiles, max(1, int(chunk_tiles)))}
     else:
@@ -193,7 +193,8 @@ def _whole_waves(options):
     return max((o for o in options if o[0] <= WAVE_TOLERANCE * fastest), key=lambda o: (o[1], -o[2]))
 
 
-def _best_split(N, C, S, x_type, channels_last, kernels, arch, sms, tile=None, chunk_tiles=None):
+def _best_split(N, C, S, x_type, channels_last, kernels, arch, sms, tile=None, chunk_tiles=None,
+                dy_channels_last=None):
     """``(seconds of each kernel, tile, channel blocks, tiles per sample and block, chunks of
     each kernel)``. The two streaming kernels share the tile but not the chunking (the second
     reads per-channel constants, whatever chunks the first summed over): each takes, of its chunk
@@ -204,7 +205,7 @@ def _best_split(N, C, S, x_type, channels_last, kernels, arch, sms, tile=None, c
     tiles = T.SPLIT_TILES if kernels[0] == "_gn_fwd_partial_stats_kernel" else T.SPLIT_BACKWARD_TILES
     for t in _named_tiles(tiles[channels_last], tile, "split_tile"):
         forced = chunk_tiles if isinstance(chunk_tiles, tuple) else (chunk_tiles,) * len(kernels)
-        picked = [_whole_waves(_chunkings(N, C, S, x_type, channels_last, t, k, arch, sms, f))
+        picked = [_whole_waves(_chunkings(N, C, S, x_type, channels_last, t, k, arch, sms, f, dy_channels_last))
                   for k, f in zip(kernels, forced)]
         seconds = tuple(o[0] for o in picked)
         if best is None or sum(seconds) < sum(best[0]):
@@ -264,14 +265,20 @@ def forward_plan(N, C, S, G, x_type, param_type, channels_last, arch, num_sms,
 
 @functools.lru_cache(maxsize=1024)
 def backward_plan(N, C, S, G, x_type, param_type, channels_last, affine_grads, arch, num_sms,
-                  path=None, tile=None, chunk_tiles=None, fused_tile=None) -> Plan:
+                  path=None, tile=None, chunk_tiles=None, fused_tile=None, dy_channels_last=None) -> Plan:
     """The backward launches; ``affine_grads``: the caller passed a weight or bias, so their
-    gradients are reduced over the batch by one more small kernel."""
-    kernels = ("_gn_bwd_partial_kernel", "_gn_bwd_dx_kernel")
-    fused = _best_fused(N, C, S, G, x_type, channels_last, "_gn_bwd_fused_kernel", arch, num_sms, 2, fused_tile)
+    gradients are reduced over the batch by one more small kernel. ``dy_channels_last``: ``dy``'s
+    layout where it differs from ``x``'s (channels-last ``x``, NCHW ``dy``): only the split
+    kernels read it in place, so the fused path is not considered."""
+    kernels = T.SPLIT_BACKWARD_KERNELS
+    dy_channels_last = channels_last if dy_channels_last is None else dy_channels_last
+    fused = None
+    if dy_channels_last == channels_last:
+        fused = _best_fused(N, C, S, G, x_type, channels_last, "_gn_bwd_fused_kernel", arch, num_sms, 2, fused_tile)
     split = None
     if path != "fused":
-        split = _best_split(N, C, S, x_type, channels_last, kernels, arch, num_sms, tile, chunk_tiles)
+        split = _best_split(N, C, S, x_type, channels_last, kernels, arch, num_sms, tile, chunk_tiles,
+                            dy_channels_last)
     path = _choose(path, fused, sum(split[0]) if split else 0.0)
     layout = dict(CHANNELS_LAST=channels_last)
     affine = []
@@ -285,9 +292,11 @@ def backward_plan(N, C, S, G, x_type, param_type, channels_last, affine_grads, a
         return Plan("fused", *map(tuple, zip(*(steps + affine))), tile, gpb=gpb, num_gb=num_gb)
     seconds, tile, num_cb, unit_tiles, (num_chunks, second_chunks) = split
     steps = [
-        (_pick(arch, kernels[0], x_type, param_type, tile, **layout), (N * num_cb * num_chunks,), seconds[0]),
+        (_pick(arch, kernels[0], x_type, param_type, tile, DY_CHANNELS_LAST=dy_channels_last, **layout),
+         (N * num_cb * num_chunks,), seconds[0]),
         (_pick(arch, "_gn_bwd_group_kernel", x_type, param_type, BLOCK_C=T.GROUP_TILE[0], BLOCK_K=T.GROUP_TILE[1]),
          (N * G,), 0.0),
-        (_pick(arch, kernels[1], x_type, param_type, tile, **layout), (N * num_cb * second_chunks,), seconds[1]),
+        (_pick(arch, kernels[1], x_type, param_type, tile, DY_CHANNELS_LAST=dy_channels_last, **layout),
+         (N * num_cb * second_chunks,), seconds[1]),
     ]
     return Plan("split", *map(tuple, zip(*(steps + affine))), tile, num_cb, unit_tiles, num_chunks, second_chunks)

@@ -45,6 +45,8 @@ FUSED_BACKWARD_TILES = {layout: tuple(t for t in tiles if t[2] == 8) for layout,
 #: per thread; the backward, which holds x and dy and more per-channel constants, 8
 SPLIT_TILES = {False: ((1, 2048, 4), (16, 128, 4)), True: ((64, 32, 4), (16, 128, 4))}
 SPLIT_BACKWARD_TILES = {False: ((1, 1024, 4), (16, 64, 4)), True: ((64, 16, 4), (16, 64, 4))}
+#: the split backward's streaming kernels, which read ``dy`` in either layout (``DY_CHANNELS_LAST``)
+SPLIT_BACKWARD_KERNELS = ("_gn_bwd_partial_kernel", "_gn_bwd_dx_kernel")
 COMBINE_BLOCK = 256
 GROUP_TILE = (16, 32)  # (BLOCK_C, BLOCK_K) of the backward per-group kernel
 AFFINE_TILE = (16, 128)  # (BLOCK_N, BLOCK_C) of the weight / bias gradient kernel
@@ -69,7 +71,8 @@ _PARAMS = {"_gn_fwd_combine_kernel": ("w", "b"), "_gn_bwd_group_kernel": ("w",),
 #: integer arguments the gate compiles as not 16-divisible (group and chunk counts, the flag)
 _UNALIGNED = ("CPG", "NUM_GB", "NUM_UNITS", "NUM_CB", "NUM_CHUNKS", "SILU")
 
-#: (kernel, tile, CHANNELS_LAST) -> CTAs per SM its entries promise, ((sm_80, sm_90a) with an fp32
+#: (kernel, tile, layout) -> CTAs per SM its entries promise (layout: CHANNELS_LAST, or
+#: ``"dy_nchw"``, :func:`layout_key`), ((sm_80, sm_90a) with an fp32
 #: ``x``, (sm_80, sm_90a) with an fp16/bf16 ``x``): the least the compile gate measures over the
 #: parameter dtypes (``tests/compile_gate.py``); the launcher sizes whole waves with it.
 #: Memory-bound kernels want many loads in flight: 16-64 KB per SM
@@ -100,6 +103,10 @@ _OCCUPANCY = {
     ("_gn_fwd_partial_stats_kernel", (16, 128, 4), False): ((6, 6), (8, 8)),
     ("_gn_fwd_partial_stats_kernel", (16, 128, 4), True): ((6, 7), (6, 6)),
     ("_gn_fwd_partial_stats_kernel", (64, 32, 4), True): ((6, 5), (6, 6)),
+    ("_gn_bwd_partial_kernel", (64, 16, 4), "dy_nchw"): ((4, 5), (5, 5)),
+    ("_gn_bwd_dx_kernel", (64, 16, 4), "dy_nchw"): ((4, 4), (3, 3)),
+    ("_gn_bwd_partial_kernel", (16, 64, 4), "dy_nchw"): ((4, 5), (5, 5)),
+    ("_gn_bwd_dx_kernel", (16, 64, 4), "dy_nchw"): ((4, 4), (3, 3)),
     ("_gn_bwd_affine_kernel", (16, 128), None): ((8, 9), (8, 9)),
     ("_gn_bwd_group_kernel", (16, 32), None): ((9, 10), (9, 10)),
     ("_gn_fwd_combine_kernel", (256,), None): ((12, 12), (12, 12)),
@@ -124,30 +131,42 @@ def reads_params(kernel: str) -> bool:
     return _TILED[kernel][2] if kernel in _TILED else True
 
 
-def unit_strides(kernel: str, channels_last: bool) -> tuple:
+def unit_strides(kernel: str, channels_last: bool, dy_channels_last: bool | None = None) -> tuple:
     """The stride arguments of ``kernel`` that equal 1: the spatial axis of every tiled tensor
-    (NCHW) or its channel axis (channels-last)."""
+    (NCHW) or its channel axis (channels-last); ``dy``'s as ``dy_channels_last`` says, if given."""
     tiled = _TILED[kernel][0] if kernel in _TILED else ()
-    return tuple(f"stride_{t}{'c' if channels_last else 's'}" for t in tiled)
+    layouts = {t: dy_channels_last if t == "dy" and dy_channels_last is not None else channels_last for t in tiled}
+    return tuple(f"stride_{t}{'c' if layouts[t] else 's'}" for t in tiled)
 
 
-def occupancy(kernel: str, tile, arch: str, channels_last: bool | None = None, x_type: str = "fp32") -> int:
+def layout_key(channels_last: bool | None, dy_channels_last: bool | None = None):
+    """The layout part of an :data:`_OCCUPANCY` key: ``CHANNELS_LAST``, or ``"dy_nchw"`` for a
+    channels-last backward kernel reading an NCHW ``dy``."""
+    return "dy_nchw" if channels_last and dy_channels_last is False else channels_last
+
+
+def occupancy(kernel: str, tile, arch: str, channels_last: bool | None = None, x_type: str = "fp32",
+              dy_channels_last: bool | None = None) -> int:
     """The CTAs per SM ``kernel`` with ``tile`` promises on ``arch`` (what the launcher sizes
     whole waves with)."""
-    return _claims(kernel, tile, channels_last, x_type)[arch]
+    return _claims(kernel, tile, layout_key(channels_last, dy_channels_last), x_type)[arch]
 
 
 def _claims(kernel, tile, channels_last, x_type) -> dict:
     return dict(zip(("sm_80", "sm_90a"), _OCCUPANCY[(kernel, tuple(tile), channels_last)][x_type != "fp32"]))
 
 
-def _streaming(kernel, tile, channels_last, x_type, param_type) -> Config:
+def _streaming(kernel, tile, channels_last, x_type, param_type, dy_channels_last=None) -> Config:
     block_c, block_s, num_warps = tile
     unit_extent = block_c if channels_last else block_s
+    constexprs = dict(CHANNELS_LAST=channels_last, BLOCK_C=block_c, BLOCK_S=block_s)
+    if kernel in SPLIT_BACKWARD_KERNELS:
+        dy_channels_last = channels_last if dy_channels_last is None else dy_channels_last
+        constexprs["DY_CHANNELS_LAST"] = dy_channels_last
     return Config.make(
-        kernel, pointer_types(kernel, x_type, param_type),
-        dict(CHANNELS_LAST=channels_last, BLOCK_C=block_c, BLOCK_S=block_s), num_warps, 1,
-        _claims(kernel, tile, channels_last, x_type), ones=unit_strides(kernel, channels_last),
+        kernel, pointer_types(kernel, x_type, param_type), constexprs, num_warps, 1,
+        _claims(kernel, tile, layout_key(channels_last, dy_channels_last), x_type),
+        ones=unit_strides(kernel, channels_last, dy_channels_last),
         # a fused unit's channel count is 16-divisible where the tile is channels-last (aligned rows)
         unaligned=_UNALIGNED + (() if channels_last else ("UNIT_C",)),
         floats=("eps",) if kernel == "_gn_fwd_fused_kernel" else (),
@@ -169,8 +188,10 @@ def _entries():
             for tile in FUSED_BACKWARD_TILES[channels_last]:
                 yield _streaming("_gn_bwd_fused_kernel", tile, channels_last, x_type, param_type)
             for tile in SPLIT_BACKWARD_TILES[channels_last]:
-                for kernel in ("_gn_bwd_partial_kernel", "_gn_bwd_dx_kernel"):
+                for kernel in SPLIT_BACKWARD_KERNELS:
                     yield _streaming(kernel, tile, channels_last, x_type, param_type)
+                    if channels_last:  # dy as autograd may hand it: NCHW, read in place
+                        yield _streaming(kernel, tile, channels_last, x_type, param_type, dy_channels_last=False)
         for x_type in X_TYPES:  # kernels that never read the parameters
             for tile in SPLIT_TILES[channels_last]:
                 for kernel in ("_gn_fwd_partial_stats_kernel", "_gn_fwd_apply_kernel"):

@@ -203,6 +203,25 @@ def test_every_tile_matches_reference(triton_device, layout, path, tile):
                                  [x, weight, bias, dy], dtype=torch.float32, atol=1e-4)
 
 
+@pytest.mark.parametrize("tile", [(64, 16), (16, 64)])
+def test_channels_last_backward_reads_an_nchw_dy_in_place(triton_device, tile):
+    """A channels-last x with the NCHW dy autograd may hand over: the split backward kernels read
+    dy with its own strides (no copy), 12 of a tile's channels valid, positions beyond a tile."""
+    K = _kernels()
+    x = make_input((2, 12, 9, 91), torch.float32, "channels_last", triton_device, mean=2.0)
+    weight, bias = make_params(12, torch.float32, triton_device)
+    y, mean, rstd = K.forward(x, 3, weight, bias, EPS, True)
+    dy = torch.randn(y.shape, dtype=y.dtype, device=y.device)  # NCHW-contiguous
+    _, launches = K.plan_backward(dy, x, mean, rstd, weight, bias, 3, True, path="split", split_tile=tile)
+    streaming = [launch for launch in launches if "DY_CHANNELS_LAST" in dict(launch.config.constexprs)]
+    assert len(streaming) == 2 and all(launch.args[1] is dy for launch in streaming)
+    assert not any(dict(launch.config.constexprs)["DY_CHANNELS_LAST"] for launch in streaming)
+    actual = K.backward(dy, x, mean, rstd, weight, bias, 3, True, path="split", split_tile=tile)
+    assert actual[0].is_contiguous(memory_format=torch.channels_last)
+    assert_matches_reference(list(actual), lambda x_, w_, b_, dy_: reference_grads(x_, 3, w_, b_, "silu", dy_),
+                             [x, weight, bias, dy], dtype=torch.float32, atol=1e-4)
+
+
 def test_fused_units_of_several_groups_and_unaligned_channels(triton_device):
     """Channels-last fused units of whole groups that do not fill the tile (3 channels per group:
     five groups in a 16-channel unit, the last unit of a sample partly empty), SiLU off."""

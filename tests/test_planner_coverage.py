@@ -100,9 +100,10 @@ def _group_norm_plans(x, groups, w, b, silu, capability, seen, **choices):
         except ValueError:
             return False
         assert_in_table(gn.T.TABLE, forward, capability, seen)
-        _, backward = gn.plan_backward(meta(x.shape, dtype), x, mean, rstd, w, b, groups, silu,
-                                       **direction(backward_tiles))
-        assert_in_table(gn.T.TABLE, backward, capability, seen)
+        # dy NCHW (read in place by a channels-last split backward, or copied) and in x's layout
+        for dy in {meta(x.shape, dtype), torch.empty_like(x)}:
+            _, backward = gn.plan_backward(dy, x, mean, rstd, w, b, groups, silu, **direction(backward_tiles))
+            assert_in_table(gn.T.TABLE, backward, capability, seen)
     return True
 
 

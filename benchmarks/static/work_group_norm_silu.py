@@ -15,7 +15,8 @@ give its tiles and chunking. ``E = N*C*S`` elements of ``s`` bytes:
 * backward (fused: as the forward, ``x`` and ``dy`` read twice; split: partial sums, per-group
   finish, ``dx``) reads ``x`` and ``dy`` and writes ``dx`` (split: ``x`` and ``dy`` twice,
   ``5*E*s``); the affine gradients add ``N*C`` fp32 sums. The benchmark's ``dy`` is
-  NCHW-contiguous: for a channels-last input the launcher copies it first (``2*E*s`` more).
+  NCHW-contiguous: for a channels-last input the split kernels read it in place (its tile
+  transposed through shared memory); a fused plan copies it first (``2*E*s`` more).
 
 FMA work is a handful of fp32 operations per element (counted, never binding).
 """
@@ -52,7 +53,7 @@ def launches(case: StaticCase, capability: int, sms: int) -> list[LaunchWork]:
         dy = meta(x.shape, case.dtype)  # the benchmark's upstream gradient: NCHW-contiguous
         _, backward = launcher.plan_backward(dy, x, mean, rstd, w, b, GROUPS, True)
     works = []
-    if case.format == "channels_last":
+    if case.format == "channels_last" and dict(backward[0].config.constexprs).get("DY_CHANNELS_LAST", True):
         e = x.numel() * BYTES[case.dtype]
         works.append(LaunchWork("torch copy: dy to channels_last", None, None, 1, dram_bytes=2 * e, l2_bytes=e,
                                 store_bytes=e, torch_efficiency=0.9,
