@@ -226,7 +226,8 @@ def _gn_bwd_dx_kernel(
     c1 = tl.load(c1_ptr + grp, mask=cmask, other=0.0)
     c2 = tl.load(c2_ptr + grp, mask=cmask, other=0.0)
     _dx(x_ptr, dy_ptr, dx_ptr, n, c, cmask, lo, hi, C, mean, rstd, w, b, c1, c2, SILU, stride_xn, stride_xc, stride_xs,
-        stride_dyn, stride_dyc, stride_dys, stride_dxn, stride_dxc, stride_dxs, CHANNELS_LAST, BLOCK_S, DY_CHANNELS_LAST)
+        stride_dyn, stride_dyc, stride_dys, stride_dxn, stride_dxc, stride_dxs, CHANNELS_LAST, BLOCK_S,
+        DY_CHANNELS_LAST)
 
 
 @triton.jit
