@@ -14,7 +14,10 @@ Pass 1 accumulates ``dz`` and ``dz * xhat`` per lane and reduces them per channe
 (backwards) writes ``dx``. ``fused``: one program per block of whole groups, persistent;
 ``split``: per-channel partial sums over chunks, a small kernel per group, an elementwise kernel.
 Both leave per-(sample, channel) sums that :func:`_gn_bwd_affine_kernel` adds over the batch, in
-a fixed order, into ``dweight`` and ``dbias``.
+a fixed order, into ``dweight`` and ``dbias``. The split kernels of a channels-last ``x`` also read
+an NCHW ``dy`` in place (``DY_CHANNELS_LAST=False``: ``dy`` addressed with its unit stride on the
+positions, its channel rows clamped like NCHW loads; the compiler transposes the tile through
+shared memory).
 """
 
 from __future__ import annotations
@@ -217,7 +220,7 @@ def _gn_bwd_dx_kernel(
     SILU,
     CHANNELS_LAST: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, DY_CHANNELS_LAST: tl.constexpr,
 ):
-    """``dx`` over one chunk (chunks as the partial sums; programs and tiles in reverse order;
+    """``dx`` over one chunk (its own chunking; programs and tiles in reverse order;
     ``dy`` laid out as ``DY_CHANNELS_LAST`` says)."""
     pid = _second_pass_program()
     n, k, c, cmask, lo, hi = _chunk_of_program(pid, C, S, NUM_CB, NUM_CHUNKS, TILES, BLOCK_C, BLOCK_S)

@@ -314,7 +314,7 @@ def _gn_fwd_apply_kernel(
 ):
     """``y = act((x - mean) * scale + shift)`` over one chunk, with the per-channel fp32
     constants of :func:`_gn_fwd_combine_kernel` (so its code does not depend on the parameters'
-    dtype). Chunks as the partial statistics; programs and tiles in reverse order."""
+    dtype). Its own chunking of the positions; programs and tiles in reverse order."""
     pid = _second_pass_program()
     n, k, c, cmask, lo, hi = _chunk_of_program(pid, C, S, NUM_CB, NUM_CHUNKS, TILES, BLOCK_C, BLOCK_S)
     nc = n.to(tl.int64) * C + c

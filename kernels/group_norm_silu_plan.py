@@ -8,9 +8,10 @@ configuration in ``group_norm_silu_table.py``):
   fit in L2 (:data:`L2_BUDGET`), the second read is served from L2: one read of ``x`` from memory
   and one write (``dy`` and ``x`` once each in the backward). One launch.
 * ``split``: every group is cut into chunks of positions spread over the whole GPU: partial
-  moments per (sample, channel, chunk), a small kernel per group, an elementwise pass over the
-  same chunks in reverse (its first tiles are the ones the first pass left in L2). Two reads of
-  ``x`` and one write (four reads and a write in the backward); three launches.
+  moments per (sample, channel, chunk), a small kernel per group, an elementwise pass in reverse
+  (its first tiles are the ones the first pass left in L2), chunked for its own whole waves (it
+  reads per-channel constants, whatever chunks the sums were taken over). Two reads of ``x`` and
+  one write (four reads and a write in the backward); three launches.
 
 **The model** (:func:`launch_seconds`; an estimate, not a measurement). Programs spread evenly
 over the SMs; the busiest SM runs ``p = ceil(grid / SMs)`` of them, ``min(p, CTAs/SM)`` at a
@@ -23,10 +24,10 @@ flight):
 
 that is, the bandwidth time scaled by the last wave's imbalance (at most one program per SM),
 by the programs' fixed costs and by occupancy where it starves the memory system. The planner
-takes the path, tile and chunk count with the least modeled time (a dependent launch costs
-:data:`LAUNCH_SECONDS` more); among split grids within :data:`WAVE_TOLERANCE` of it, the one that
-fills whole waves (``SMs * CTAs/SM`` programs) of both its kernels best. The fused grid is the programs resident
-at once.
+takes the path, tile and chunk counts with the least modeled time (a dependent launch costs
+:data:`LAUNCH_SECONDS` more); for each split kernel, among its chunk counts within
+:data:`WAVE_TOLERANCE` of its fastest, the one that fills its whole waves (``SMs * CTAs/SM``
+programs) best. The fused grid is the programs resident at once.
 
 A plan is a pure function of sizes, dtypes, layout and the device (architecture, SM count):
 cached (:func:`forward_plan`, :func:`backward_plan`).
