@@ -82,14 +82,15 @@ def _capture(module, names, call):
     return log
 
 
-def _group_norm(shape, groups, memory_format=torch.contiguous_format, **choices):
+def _group_norm(shape, groups, memory_format=torch.contiguous_format, dy_format=None, **choices):
     def launches():
         from vqvae_fast.kernels import group_norm_silu as K
 
         x = _meta(shape, memory_format=memory_format)
         w = _meta(shape[1:2])
+        dy = torch.empty_like(x) if dy_format is None else _meta(shape, memory_format=dy_format)
         (_, mean, rstd), plan = K.plan_forward(x, groups, w, w, 1e-6, True, num_sms=132, **choices)
-        plan += K.plan_backward(torch.empty_like(x), x, mean, rstd, w, w, groups, True, num_sms=132, **choices)[1]
+        plan += K.plan_backward(dy, x, mean, rstd, w, w, groups, True, num_sms=132, **choices)[1]
         return [(launch.kernel, launch.grid, launch.args, dict(launch.config.launch_options)) for launch in plan]
 
     return launches
@@ -148,6 +149,8 @@ CL = torch.channels_last
 PROBLEMS = {
     "group_norm split 2x64x8192x8192": (_group_norm((2, 64, 8192, 8192), 32), GN_SPLIT),
     "group_norm split 2x64x8192x8192 channels_last": (_group_norm((2, 64, 8192, 8192), 32, CL), GN_SPLIT),
+    "group_norm split 2x64x8192x8192 channels_last, NCHW dy": (
+        _group_norm((2, 64, 8192, 8192), 32, CL, torch.contiguous_format), GN_SPLIT),
     "group_norm fused 2^20x64x8x8": (_group_norm((2**20, 64, 8, 8), 32, path="fused"), GN_FUSED),
     "group_norm fused 2^20x64x8x8 channels_last": (_group_norm((2**20, 64, 8, 8), 32, CL, path="fused"), GN_FUSED),
     "group_norm S = 2^30 - 1": (_group_norm((2, 1, 2**30 - 1), 1), GN_SPLIT),
