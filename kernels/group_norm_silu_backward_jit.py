@@ -30,10 +30,19 @@ from .group_norm_silu_jit import (_as_float, _chunk_of_program, _edge_mask, _gro
 
 
 @triton.jit
-def _dz_xhat(x, dy, mean, rstd, w, b, SILU):
-    """``(dz, xhat)`` of a tile from per-channel ``[BLOCK_C]`` constants."""
+def _dz_xhat(x, dy, mean, rstd, w, b, SILU, SLOPE_FIRST: tl.constexpr = False):
+    """``(dz, xhat)`` of a tile from per-channel ``[BLOCK_C]`` constants. ``SLOPE_FIRST``: the
+    activation's derivative (a function of ``x`` alone) is formed in the branch and ``dy`` meets
+    it once, after it -- fewer layout conversions where ``dy`` is laid out unlike ``x``, more
+    registers where it is not."""
     xhat = (x - mean[:, None]) * rstd[:, None]
-    if SILU:
+    if SLOPE_FIRST:
+        slope = tl.full(xhat.shape, 1.0, tl.float32)
+        if SILU:
+            sig = tl.sigmoid(xhat * w[:, None] + b[:, None])
+            slope = sig * (1.0 + (xhat * w[:, None] + b[:, None]) * (1.0 - sig))
+        dy = dy * slope
+    elif SILU:
         sig = tl.sigmoid(xhat * w[:, None] + b[:, None])
         dy = dy * sig * (1.0 + (xhat * w[:, None] + b[:, None]) * (1.0 - sig))
     return dy, xhat
@@ -74,10 +83,10 @@ def _dz_sums(x_ptr, dy_ptr, n, c, cmask, lo, hi, C, mean, rstd, w, b, SILU,
 
 
 @triton.jit
-def _dx_tile(px, pdy, pdx, load_mask, store_mask, mean, rstd, w, b, c1, c2, SILU):
+def _dx_tile(px, pdy, pdx, load_mask, store_mask, mean, rstd, w, b, c1, c2, SILU, MIXED: tl.constexpr):
     x = tl.load(px, mask=load_mask).to(tl.float32)
     dy = tl.load(pdy, mask=load_mask).to(tl.float32)
-    dz, xhat = _dz_xhat(x, dy, mean, rstd, w, b, SILU)
+    dz, xhat = _dz_xhat(x, dy, mean, rstd, w, b, SILU, MIXED)
     dx = rstd[:, None] * (dz * w[:, None] - c2[:, None] - xhat * c1[:, None])
     tl.store(pdx, dx.to(pdx.dtype.element_ty), mask=store_mask)
 
@@ -96,13 +105,14 @@ def _dx(x_ptr, dy_ptr, dx_ptr, n, c, cmask, lo, hi, C, mean, rstd, w, b, c1, c2,
     if tiles > 1:
         t = tiles - 1
         mask = _edge_mask(cmask, t, length, BLOCK_S)
-        _dx_tile(px + t * step_x, pdy + t * step_dy, pdx + t * step_dx, mask, mask, mean, rstd, w, b, c1, c2, SILU)
+        _dx_tile(px + t * step_x, pdy + t * step_dy, pdx + t * step_dx, mask, mask, mean, rstd, w, b, c1, c2, SILU,
+                 CHANNELS_LAST != DY_CHANNELS_LAST)
     for i in range(1, tiles - 1):
         t = tiles - 1 - i
         _dx_tile(px + t * step_x, pdy + t * step_dy, pdx + t * step_dx, None, cmask[:, None], mean, rstd, w, b, c1,
-                 c2, SILU)
+                 c2, SILU, CHANNELS_LAST != DY_CHANNELS_LAST)
     mask = _edge_mask(cmask, 0, length, BLOCK_S)
-    _dx_tile(px, pdy, pdx, mask, mask, mean, rstd, w, b, c1, c2, SILU)
+    _dx_tile(px, pdy, pdx, mask, mask, mean, rstd, w, b, c1, c2, SILU, CHANNELS_LAST != DY_CHANNELS_LAST)
 
 
 @triton.jit
