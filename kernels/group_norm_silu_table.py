@@ -2,19 +2,22 @@
 
 The dimensions (``docs/architecture.md`` explains the format):
 
-* dtypes: ``x`` (and ``y``, ``dy``, ``dx``) in fp32, fp16 or bf16, ``weight``/``bias`` in ``x``'s
-  dtype or fp32 (:data:`DTYPE_PAIRS`). A norm without affine parameters runs with ones and
-  zeros of ``x``'s dtype (exact), so there is no ``HAS_WEIGHT``/``HAS_BIAS`` flag to multiply by;
-* flags: ``CHANNELS_LAST`` (which axis has unit stride) and ``SILU``;
-* tiles: the fused kernels hold one group in a ``(BLOCK_C, BLOCK_S)`` tile of
-  :data:`FUSED_FORWARD_TILES` / :data:`FUSED_BACKWARD_TILES` (the smallest that covers the
-  group; a group no tile covers takes the split path); the split kernels stream
-  :data:`SPLIT_TILES` tiles, one pair per layout; the small reduction kernels have one tile each.
-  Each tile carries its warps; one pipeline stage (nothing is pipelined).
+* dtypes: ``x`` (and ``y``, ``dy``, ``dx``) in fp32, fp16 or bf16; ``weight``/``bias`` in ``x``'s
+  dtype or fp32 (:data:`DTYPE_PAIRS`). Kernels that never read the parameters have no parameter
+  dimension: the split forward's elementwise kernel reads per-channel fp32 constants that the
+  combine kernel folded the parameters into. A norm without affine parameters runs with ones and
+  zeros (exact), so there is no weight/bias flag;
+* ``CHANNELS_LAST`` (which axis has unit stride). SiLU is a runtime argument (a uniform branch per
+  tile), not a doubling of the table;
+* tiles ``(BLOCK_C, BLOCK_S, warps)``: :data:`FUSED_TILES` hold ``BLOCK_C`` channels of whole
+  groups (the launcher takes the one that wastes the fewest lanes); :data:`SPLIT_TILES` (forward)
+  and :data:`SPLIT_BACKWARD_TILES` stream one channel (NCHW) or 64 channels (channels-last) over
+  long runs of positions, and a squarer tile where the positions are few, on small CTAs. Each
+  tile carries its warps; one pipeline stage (the loops keep a tile of loads in flight per warp
+  and many CTAs per SM).
 
-``_OCCUPANCY`` states the CTAs per SM each kernel and tile reaches on sm_80 and sm_90a
-(the compile gate checks every entry against it; ``tests/compile_gate.py --occupancy`` prints
-what the compiler gives).
+``_OCCUPANCY`` states the CTAs per SM each kernel and tile reaches on sm_80 and sm_90a (the least
+the compile gate measures over dtypes and layouts; the launcher sizes grids from it).
 """
 
 from __future__ import annotations
@@ -22,149 +25,185 @@ from __future__ import annotations
 from ._table import Config, Table
 
 DTYPE_PAIRS = (("fp32", "fp32"), ("fp16", "fp16"), ("fp16", "fp32"), ("bf16", "bf16"), ("bf16", "fp32"))
+X_TYPES = ("fp32", "fp16", "bf16")
+PARAM_TYPES = ("fp32", "fp16", "bf16")
 
-#: (BLOCK_C, BLOCK_S, warps) of the fused kernels: 16-32 fp32 values per thread and tile held
-#: (the backward holds x and dy: more warps, or its 4096-element tile spills on sm_80)
-FUSED_FORWARD_TILES = ((64, 16, 4), (4, 256, 4), (16, 256, 8), (16, 1024, 16), (4, 4096, 16))
-FUSED_BACKWARD_TILES = ((64, 16, 4), (4, 256, 4), (16, 256, 16), (4, 1024, 16))
-#: split-path tiles per layout (CHANNELS_LAST -> tiles), the first for large S (NCHW) or C (channels-last)
-SPLIT_TILES = {False: ((4, 1024, 8), (64, 64, 8)), True: ((256, 16, 8), (32, 128, 8))}
-COMBINE_BLOCKS = (256, 1024)
+#: fused tiles per layout (CHANNELS_LAST -> tiles): 4096 values on 8 warps, and (NCHW) 8192 on 16
+#: warps (twice the loads in flight per CTA where few programs may be resident: big groups); the
+#: backward holds x and dy, which 16 warps' 128 registers per thread cannot. Channels-last
+#: tiles are at least 16 channels wide: each row is at least one 32-byte sector. (A 64x64 NCHW
+#: tile and a 16-warp channels-last tile spill at fp32: not listed; wider groups take the split path)
+FUSED_TILES = {
+    False: ((4, 1024, 8), (16, 256, 8), (4, 2048, 16), (16, 512, 16)),
+    True: ((16, 256, 8), (64, 64, 8)),
+}
+FUSED_BACKWARD_TILES = {layout: tuple(t for t in tiles if t[2] == 8) for layout, tiles in FUSED_TILES.items()}
+#: split tiles per layout, 4 warps each: the first for many positions (NCHW) or channels
+#: (channels-last), the second for few. Small CTAs: the registers a thread needs per value in
+#: flight bound what an SM holds, and with more, smaller CTAs resident the others cover one's
+#: exposed load latency (Little's law over the CTAs, not within one). The forward keeps 16 values
+#: per thread; the backward, which holds x and dy and more per-channel constants, 8
+SPLIT_TILES = {False: ((1, 2048, 4), (16, 128, 4)), True: ((64, 32, 4), (16, 128, 4))}
+SPLIT_BACKWARD_TILES = {False: ((1, 1024, 4), (16, 64, 4)), True: ((64, 16, 4), (16, 64, 4))}
+#: the split backward's streaming kernels, which read ``dy`` in either layout (``DY_CHANNELS_LAST``)
+SPLIT_BACKWARD_KERNELS = ("_gn_bwd_partial_kernel", "_gn_bwd_dx_kernel")
+COMBINE_BLOCK = 256
 GROUP_TILE = (16, 32)  # (BLOCK_C, BLOCK_K) of the backward per-group kernel
 AFFINE_TILE = (16, 128)  # (BLOCK_N, BLOCK_C) of the weight / bias gradient kernel
 SMALL_KERNEL_WARPS = 4
 
-#: the tensors each streaming kernel tiles, and its other pointers (per-group or per-chunk fp32)
+#: per kernel: the tensors it tiles (x's dtype), its fp32 pointers, whether it reads w and b
 _TILED = {
-    "_gn_fwd_fused_kernel": ("x", "y"),
-    "_gn_fwd_partial_stats_kernel": ("x",),
-    "_gn_fwd_apply_kernel": ("x", "y"),
-    "_gn_bwd_fused_kernel": ("x", "dy", "dx"),
-    "_gn_bwd_partial_kernel": ("x", "dy"),
-    "_gn_bwd_dx_kernel": ("x", "dy", "dx"),
+    "_gn_fwd_fused_kernel": (("x", "y"), ("mean", "rstd"), True),
+    "_gn_fwd_partial_stats_kernel": (("x",), ("pmean", "pm2"), False),
+    "_gn_fwd_apply_kernel": (("x", "y"), ("cmean", "cscale", "cshift"), False),
+    "_gn_bwd_fused_kernel": (("x", "dy", "dx"), ("mean", "rstd", "sum_dz", "sum_dz_xhat"), True),
+    "_gn_bwd_partial_kernel": (("x", "dy"), ("mean", "rstd", "pa", "pb"), True),
+    "_gn_bwd_dx_kernel": (("x", "dy", "dx"), ("mean", "rstd", "c1", "c2"), True),
 }
-_FP32 = {
-    "_gn_fwd_fused_kernel": ("mean", "rstd"),
-    "_gn_fwd_partial_stats_kernel": ("pmean", "pm2"),
-    "_gn_fwd_apply_kernel": ("mean", "rstd"),
-    "_gn_bwd_fused_kernel": ("mean", "rstd", "sum_dz", "sum_dz_xhat"),
-    "_gn_bwd_partial_kernel": ("mean", "rstd", "pa", "pb"),
-    "_gn_bwd_dx_kernel": ("mean", "rstd", "c1", "c2"),
+_SMALL = {
+    "_gn_fwd_combine_kernel": ("pmean", "pm2", "mean", "rstd", "cmean", "cscale", "cshift"),
+    "_gn_bwd_group_kernel": ("pa", "pb", "sum_dz", "sum_dz_xhat", "c1", "c2"),
+    "_gn_bwd_affine_kernel": ("sum_dz", "sum_dz_xhat"),
 }
+_PARAMS = {"_gn_fwd_combine_kernel": ("w", "b"), "_gn_bwd_group_kernel": ("w",),
+           "_gn_bwd_affine_kernel": ("dw", "db")}
+#: integer arguments the gate compiles as not 16-divisible (group and chunk counts, the flag)
+_UNALIGNED = ("CPG", "NUM_GB", "NUM_UNITS", "NUM_CB", "NUM_CHUNKS", "SILU")
 
-#: (kernel, tile) -> {arch: CTAs per SM} its entries promise (the least the compile gate measures
-#: over their dtypes, flags and layouts): memory-bound kernels want many resident warps -- the
-#: streaming kernels keep 16-48 of the 64 warps an SM holds
+#: (kernel, tile, layout) -> CTAs per SM its entries promise (layout: CHANNELS_LAST, or
+#: ``"dy_nchw"``, :func:`layout_key`), ((sm_80, sm_90a) with an fp32
+#: ``x``, (sm_80, sm_90a) with an fp16/bf16 ``x``): the least the compile gate measures over the
+#: parameter dtypes (``tests/compile_gate.py``); the launcher sizes whole waves with it.
+#: Memory-bound kernels want many loads in flight: 16-64 KB per SM
 _OCCUPANCY = {
-    ("_gn_bwd_affine_kernel", (16, 128)): {"sm_80": 8, "sm_90a": 9},
-    ("_gn_bwd_dx_kernel", (256, 16, 8)): {"sm_80": 3, "sm_90a": 3},
-    ("_gn_bwd_dx_kernel", (32, 128, 8)): {"sm_80": 3, "sm_90a": 3},
-    ("_gn_bwd_dx_kernel", (4, 1024, 8)): {"sm_80": 4, "sm_90a": 4},
-    ("_gn_bwd_dx_kernel", (64, 64, 8)): {"sm_80": 3, "sm_90a": 4},
-    ("_gn_bwd_fused_kernel", (16, 256, 16)): {"sm_80": 2, "sm_90a": 2},
-    ("_gn_bwd_fused_kernel", (4, 1024, 16)): {"sm_80": 2, "sm_90a": 2},
-    ("_gn_bwd_fused_kernel", (4, 256, 4)): {"sm_80": 9, "sm_90a": 10},
-    ("_gn_bwd_fused_kernel", (64, 16, 4)): {"sm_80": 8, "sm_90a": 8},
-    ("_gn_bwd_group_kernel", (16, 32)): {"sm_80": 9, "sm_90a": 10},
-    ("_gn_bwd_partial_kernel", (256, 16, 8)): {"sm_80": 2, "sm_90a": 2},
-    ("_gn_bwd_partial_kernel", (32, 128, 8)): {"sm_80": 2, "sm_90a": 2},
-    ("_gn_bwd_partial_kernel", (4, 1024, 8)): {"sm_80": 2, "sm_90a": 2},
-    ("_gn_bwd_partial_kernel", (64, 64, 8)): {"sm_80": 2, "sm_90a": 2},
-    ("_gn_fwd_apply_kernel", (256, 16, 8)): {"sm_80": 5, "sm_90a": 6},
-    ("_gn_fwd_apply_kernel", (32, 128, 8)): {"sm_80": 5, "sm_90a": 5},
-    ("_gn_fwd_apply_kernel", (4, 1024, 8)): {"sm_80": 6, "sm_90a": 5},
-    ("_gn_fwd_apply_kernel", (64, 64, 8)): {"sm_80": 6, "sm_90a": 6},
-    ("_gn_fwd_combine_kernel", (1024,)): {"sm_80": 10, "sm_90a": 9},
-    ("_gn_fwd_combine_kernel", (256,)): {"sm_80": 16, "sm_90a": 16},
-    ("_gn_fwd_fused_kernel", (16, 1024, 16)): {"sm_80": 1, "sm_90a": 1},
-    ("_gn_fwd_fused_kernel", (16, 256, 8)): {"sm_80": 4, "sm_90a": 5},
-    ("_gn_fwd_fused_kernel", (4, 256, 4)): {"sm_80": 12, "sm_90a": 12},
-    ("_gn_fwd_fused_kernel", (4, 4096, 16)): {"sm_80": 1, "sm_90a": 1},
-    ("_gn_fwd_fused_kernel", (64, 16, 4)): {"sm_80": 12, "sm_90a": 12},
-    ("_gn_fwd_partial_stats_kernel", (256, 16, 8)): {"sm_80": 3, "sm_90a": 3},
-    ("_gn_fwd_partial_stats_kernel", (32, 128, 8)): {"sm_80": 3, "sm_90a": 3},
-    ("_gn_fwd_partial_stats_kernel", (4, 1024, 8)): {"sm_80": 5, "sm_90a": 5},
-    ("_gn_fwd_partial_stats_kernel", (64, 64, 8)): {"sm_80": 4, "sm_90a": 4},
+    ("_gn_bwd_dx_kernel", (1, 1024, 4), False): ((9, 10), (9, 12)),
+    ("_gn_bwd_dx_kernel", (16, 64, 4), False): ((7, 7), (9, 10)),
+    ("_gn_bwd_dx_kernel", (16, 64, 4), True): ((5, 6), (5, 5)),
+    ("_gn_bwd_dx_kernel", (64, 16, 4), True): ((5, 6), (5, 5)),
+    ("_gn_bwd_fused_kernel", (16, 256, 8), False): ((1, 1), (1, 1)),
+    ("_gn_bwd_fused_kernel", (16, 256, 8), True): ((1, 1), (1, 1)),
+    ("_gn_bwd_fused_kernel", (4, 1024, 8), False): ((1, 1), (1, 1)),
+    ("_gn_bwd_fused_kernel", (64, 64, 8), True): ((1, 1), (1, 1)),
+    ("_gn_bwd_partial_kernel", (1, 1024, 4), False): ((8, 9), (8, 8)),
+    ("_gn_bwd_partial_kernel", (16, 64, 4), False): ((7, 7), (8, 8)),
+    ("_gn_bwd_partial_kernel", (16, 64, 4), True): ((5, 6), (5, 5)),
+    ("_gn_bwd_partial_kernel", (64, 16, 4), True): ((5, 5), (5, 5)),
+    ("_gn_fwd_apply_kernel", (1, 2048, 4), False): ((9, 10), (9, 10)),
+    ("_gn_fwd_apply_kernel", (16, 128, 4), False): ((6, 6), (9, 9)),
+    ("_gn_fwd_apply_kernel", (16, 128, 4), True): ((5, 6), (7, 7)),
+    ("_gn_fwd_apply_kernel", (64, 32, 4), True): ((6, 6), (7, 7)),
+    ("_gn_fwd_fused_kernel", (16, 256, 8), False): ((2, 2), (2, 2)),
+    ("_gn_fwd_fused_kernel", (16, 256, 8), True): ((1, 1), (1, 2)),
+    ("_gn_fwd_fused_kernel", (16, 512, 16), False): ((1, 1), (1, 1)),
+    ("_gn_fwd_fused_kernel", (4, 1024, 8), False): ((2, 2), (2, 2)),
+    ("_gn_fwd_fused_kernel", (4, 2048, 16), False): ((1, 1), (1, 1)),
+    ("_gn_fwd_fused_kernel", (64, 64, 8), True): ((1, 1), (1, 1)),
+    ("_gn_fwd_partial_stats_kernel", (1, 2048, 4), False): ((7, 7), (8, 8)),
+    ("_gn_fwd_partial_stats_kernel", (16, 128, 4), False): ((6, 6), (8, 8)),
+    ("_gn_fwd_partial_stats_kernel", (16, 128, 4), True): ((6, 7), (6, 6)),
+    ("_gn_fwd_partial_stats_kernel", (64, 32, 4), True): ((6, 5), (6, 6)),
+    ("_gn_bwd_partial_kernel", (64, 16, 4), "dy_nchw"): ((4, 5), (5, 5)),
+    ("_gn_bwd_dx_kernel", (64, 16, 4), "dy_nchw"): ((4, 4), (3, 4)),
+    ("_gn_bwd_partial_kernel", (16, 64, 4), "dy_nchw"): ((4, 5), (5, 5)),
+    ("_gn_bwd_dx_kernel", (16, 64, 4), "dy_nchw"): ((4, 5), (3, 4)),
+    ("_gn_bwd_affine_kernel", (16, 128), None): ((8, 9), (8, 9)),
+    ("_gn_bwd_group_kernel", (16, 32), None): ((9, 10), (9, 10)),
+    ("_gn_fwd_combine_kernel", (256,), None): ((12, 12), (12, 12)),
 }
 
 
 def pointer_types(kernel: str, x_type: str, param_type: str) -> dict:
     """Element type of every pointer argument of ``kernel`` for these dtypes."""
-    types = {f"{t}_ptr": x_type for t in _TILED.get(kernel, ())}
-    types.update({f"{t}_ptr": "fp32" for t in _FP32.get(kernel, ())})
-    if kernel in _TILED and kernel != "_gn_fwd_partial_stats_kernel":
-        types.update(w_ptr=param_type, b_ptr=param_type)
-    if kernel == "_gn_fwd_combine_kernel":
-        types.update({p: "fp32" for p in ("pmean_ptr", "pm2_ptr", "mean_ptr", "rstd_ptr")})
-    elif kernel == "_gn_bwd_group_kernel":
-        types.update({p: "fp32" for p in ("pa_ptr", "pb_ptr", "sum_dz_ptr", "sum_dz_xhat_ptr", "c1_ptr", "c2_ptr")})
-        types["w_ptr"] = param_type
-    elif kernel == "_gn_bwd_affine_kernel":
-        types.update(sum_dz_ptr="fp32", sum_dz_xhat_ptr="fp32", dw_ptr=param_type, db_ptr=param_type)
+    if kernel in _TILED:
+        tiled, fp32, params = _TILED[kernel]
+        types = {f"{t}_ptr": x_type for t in tiled}
+        names = ("w", "b") if params else ()
+    else:
+        types, fp32, names = {}, _SMALL[kernel], _PARAMS[kernel]
+    types.update({f"{t}_ptr": "fp32" for t in fp32})
+    types.update({f"{t}_ptr": param_type for t in names})
     return types
 
 
-def unit_strides(kernel: str, channels_last: bool) -> tuple:
+def reads_params(kernel: str) -> bool:
+    """Whether ``kernel``'s code depends on the parameters' dtype."""
+    return _TILED[kernel][2] if kernel in _TILED else True
+
+
+def unit_strides(kernel: str, channels_last: bool, dy_channels_last: bool | None = None) -> tuple:
     """The stride arguments of ``kernel`` that equal 1: the spatial axis of every tiled tensor
-    (NCHW) or its channel axis (channels-last)."""
-    return tuple(f"stride_{t}{'c' if channels_last else 's'}" for t in _TILED.get(kernel, ()))
+    (NCHW) or its channel axis (channels-last); ``dy``'s as ``dy_channels_last`` says, if given."""
+    tiled = _TILED[kernel][0] if kernel in _TILED else ()
+    layouts = {t: dy_channels_last if t == "dy" and dy_channels_last is not None else channels_last for t in tiled}
+    return tuple(f"stride_{t}{'c' if layouts[t] else 's'}" for t in tiled)
 
 
-def _occupancy(kernel: str, tile) -> dict:
-    return _OCCUPANCY[(kernel, tuple(tile))]
+def layout_key(channels_last: bool | None, dy_channels_last: bool | None = None):
+    """The layout part of an :data:`_OCCUPANCY` key: ``CHANNELS_LAST``, or ``"dy_nchw"`` for a
+    channels-last backward kernel reading an NCHW ``dy``."""
+    return "dy_nchw" if channels_last and dy_channels_last is False else channels_last
 
 
-def _streaming(kernel, tile, channels_last, silu, x_type, param_type) -> Config:
-    """A kernel that tiles ``x``: unit stride on the spatial axis (NCHW) or the channel axis."""
+def occupancy(kernel: str, tile, arch: str, channels_last: bool | None = None, x_type: str = "fp32",
+              dy_channels_last: bool | None = None) -> int:
+    """The CTAs per SM ``kernel`` with ``tile`` promises on ``arch`` (what the launcher sizes
+    whole waves with)."""
+    return _claims(kernel, tile, layout_key(channels_last, dy_channels_last), x_type)[arch]
+
+
+def _claims(kernel, tile, channels_last, x_type) -> dict:
+    return dict(zip(("sm_80", "sm_90a"), _OCCUPANCY[(kernel, tuple(tile), channels_last)][x_type != "fp32"]))
+
+
+def _streaming(kernel, tile, channels_last, x_type, param_type, dy_channels_last=None) -> Config:
     block_c, block_s, num_warps = tile
-    fused = kernel in ("_gn_fwd_fused_kernel", "_gn_bwd_fused_kernel")
-    # what the runtime sees at the sizes the tile serves: a fused tile narrower than 16 channels
-    # serves groups of fewer channels (C/G not 16-divisible), one of 16 positions small images
-    unaligned = ["CPG"] if block_c < 16 or not fused else []
-    if fused and block_s < 16:
-        unaligned.append("S")
-        if not channels_last:
-            unaligned += [f"stride_{t}{a}" for t in _TILED[kernel] for a in "nc"]
     unit_extent = block_c if channels_last else block_s
-    unit_aligned = (block_c >= 16 or not fused) if channels_last else not (fused and block_s < 16)
     constexprs = dict(CHANNELS_LAST=channels_last, BLOCK_C=block_c, BLOCK_S=block_s)
-    if kernel != "_gn_fwd_partial_stats_kernel":
-        constexprs["SILU"] = silu
+    if kernel in SPLIT_BACKWARD_KERNELS:
+        dy_channels_last = channels_last if dy_channels_last is None else dy_channels_last
+        constexprs["DY_CHANNELS_LAST"] = dy_channels_last
     return Config.make(
-        kernel, pointer_types(kernel, x_type, param_type), constexprs, num_warps, 1, _occupancy(kernel, tile),
-        ones=unit_strides(kernel, channels_last), unaligned=tuple(unaligned),
+        kernel, pointer_types(kernel, x_type, param_type), constexprs, num_warps, 1,
+        _claims(kernel, tile, layout_key(channels_last, dy_channels_last), x_type),
+        ones=unit_strides(kernel, channels_last, dy_channels_last),
+        # a fused unit's channel count is 16-divisible where the tile is channels-last (aligned rows)
+        unaligned=_UNALIGNED + (() if channels_last else ("UNIT_C",)),
         floats=("eps",) if kernel == "_gn_fwd_fused_kernel" else (),
-        wide_loads=x_type != "fp32" and unit_aligned and unit_extent >= 8,
+        wide_loads=x_type != "fp32" and unit_extent >= 8,
     )
 
 
-def _small(kernel, constexprs, param_type="fp32", unaligned=(), floats=()) -> Config:
+def _small(kernel, constexprs, param_type, **gate) -> Config:
     tile = tuple(constexprs.values())
     return Config.make(kernel, pointer_types(kernel, "fp32", param_type), constexprs, SMALL_KERNEL_WARPS, 1,
-                       _occupancy(kernel, tile), unaligned=unaligned, floats=floats)
+                       _claims(kernel, tile, None, "fp32"), **gate)
 
 
 def _entries():
     for channels_last in (False, True):
         for x_type, param_type in DTYPE_PAIRS:
-            for silu in (False, True):
-                for tile in FUSED_FORWARD_TILES:
-                    yield _streaming("_gn_fwd_fused_kernel", tile, channels_last, silu, x_type, param_type)
-                for tile in FUSED_BACKWARD_TILES:
-                    yield _streaming("_gn_bwd_fused_kernel", tile, channels_last, silu, x_type, param_type)
-                for tile in SPLIT_TILES[channels_last]:
-                    for kernel in ("_gn_fwd_apply_kernel", "_gn_bwd_partial_kernel", "_gn_bwd_dx_kernel"):
-                        yield _streaming(kernel, tile, channels_last, silu, x_type, param_type)
-            if param_type == x_type:  # the partial statistics read x alone
-                for tile in SPLIT_TILES[channels_last]:
-                    yield _streaming("_gn_fwd_partial_stats_kernel", tile, channels_last, False, x_type, x_type)
-    for block in COMBINE_BLOCKS:
-        yield _small("_gn_fwd_combine_kernel", dict(BLOCK=block), unaligned=("CPG", "NUM_CHUNKS"), floats=("eps",))
-    for param_type in ("fp32", "fp16", "bf16"):
+            for tile in FUSED_TILES[channels_last]:
+                yield _streaming("_gn_fwd_fused_kernel", tile, channels_last, x_type, param_type)
+            for tile in FUSED_BACKWARD_TILES[channels_last]:
+                yield _streaming("_gn_bwd_fused_kernel", tile, channels_last, x_type, param_type)
+            for tile in SPLIT_BACKWARD_TILES[channels_last]:
+                for kernel in SPLIT_BACKWARD_KERNELS:
+                    yield _streaming(kernel, tile, channels_last, x_type, param_type)
+                    if channels_last:  # dy as autograd may hand it: NCHW, read in place
+                        yield _streaming(kernel, tile, channels_last, x_type, param_type, dy_channels_last=False)
+        for x_type in X_TYPES:  # kernels that never read the parameters
+            for tile in SPLIT_TILES[channels_last]:
+                for kernel in ("_gn_fwd_partial_stats_kernel", "_gn_fwd_apply_kernel"):
+                    yield _streaming(kernel, tile, channels_last, x_type, x_type)
+    for param_type in PARAM_TYPES:
+        yield _small("_gn_fwd_combine_kernel", dict(BLOCK=COMBINE_BLOCK), param_type,
+                     unaligned=("CPG", "NUM_CHUNKS"), floats=("eps",))
         yield _small("_gn_bwd_group_kernel", dict(BLOCK_C=GROUP_TILE[0], BLOCK_K=GROUP_TILE[1]), param_type,
                      unaligned=("CPG", "NUM_CHUNKS"))
         yield _small("_gn_bwd_affine_kernel", dict(BLOCK_N=AFFINE_TILE[0], BLOCK_C=AFFINE_TILE[1]), param_type,
                      unaligned=("N",))
 
 
-TABLE = Table("group_norm_silu", ("vqvae_fast.kernels.group_norm_silu_jit",), tuple(_entries()))
+TABLE = Table("group_norm_silu", ("vqvae_fast.kernels.group_norm_silu_jit",
+                                  "vqvae_fast.kernels.group_norm_silu_backward_jit"), tuple(_entries()))

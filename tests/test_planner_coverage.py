@@ -84,6 +84,29 @@ GN_DTYPES = [(torch.float32, torch.float32), (torch.float16, torch.float16), (to
              (torch.bfloat16, torch.bfloat16), (torch.bfloat16, torch.float32)]
 
 
+def _group_norm_plans(x, groups, w, b, silu, capability, seen, **choices):
+    """Plan the forward and the backward with ``choices``; record and check their launches.
+    False where the choices do not apply (a fused tile narrower than a group)."""
+    dtype, layout = x.dtype, x.stride(1) == 1
+    forward_tiles = {"fused_tile": gn.T.FUSED_TILES[layout], "split_tile": gn.T.SPLIT_TILES[layout]}
+    backward_tiles = {"fused_tile": gn.T.FUSED_BACKWARD_TILES[layout], "split_tile": gn.T.SPLIT_BACKWARD_TILES[layout]}
+
+    def direction(tiles):  # a tile of the other direction only: this one chooses its own
+        return {k: v for k, v in choices.items() if k not in tiles or v in tiles[k]}
+
+    with recorded(gn, capability):
+        try:
+            (_, mean, rstd), forward = gn.plan_forward(x, groups, w, b, 1e-6, silu, **direction(forward_tiles))
+        except ValueError:
+            return False
+        assert_in_table(gn.T.TABLE, forward, capability, seen)
+        # dy NCHW (read in place by a channels-last split backward, or copied) and in x's layout
+        for dy in {meta(x.shape, dtype), torch.empty_like(x)}:
+            _, backward = gn.plan_backward(dy, x, mean, rstd, w, b, groups, silu, **direction(backward_tiles))
+            assert_in_table(gn.T.TABLE, backward, capability, seen)
+    return True
+
+
 def test_group_norm_silu_plans_stay_in_the_table():
     seen = set()
     for capability, (n, c, spatial), (dtype, param_dtype), channels_last in itertools.product(
@@ -91,16 +114,22 @@ def test_group_norm_silu_plans_stay_in_the_table():
     ):
         fmt = {2: torch.channels_last, 3: torch.channels_last_3d}.get(len(spatial), torch.contiguous_format)
         x = meta((n, c, *spatial), dtype, fmt if channels_last else torch.contiguous_format)
-        for groups, silu, affine in itertools.product({1, min(32, c)}, (True, False), ("both", "weight", None)):
+        for groups, affine in itertools.product({1, min(32, c)}, ("both", "weight", None)):
             w = meta((c,), param_dtype) if affine else None
             b = meta((c,), param_dtype) if affine == "both" else None
-            with recorded(gn, capability):
-                for path in (None, "split"):
-                    (_, mean, rstd), forward = gn.plan_forward(x, groups, w, b, 1e-6, silu, path=path)
-                    assert_in_table(gn.T.TABLE, forward, capability, seen)
-                    _, backward = gn.plan_backward(meta(x.shape, dtype), x, mean, rstd, w, b, groups, silu,
-                                                   path=path)
-                    assert_in_table(gn.T.TABLE, backward, capability, seen)
+            for path in (None, "split", "fused"):  # SiLU is a runtime flag: both values
+                _group_norm_plans(x, groups, w, b, affine != "weight", capability, seen, path=path)
+    # every tile of the table, forced, on a shape all of them hold
+    for capability, (dtype, param_dtype), fmt in itertools.product(
+        CAPABILITIES, GN_DTYPES, (torch.contiguous_format, torch.channels_last)
+    ):
+        x = meta((2, 64, 20, 20), dtype, fmt)
+        w = meta((64,), param_dtype)
+        layout = fmt == torch.channels_last
+        for tile in gn.T.FUSED_TILES[layout]:
+            assert _group_norm_plans(x, 32, w, w, True, capability, seen, path="fused", fused_tile=tile)
+        for tile in gn.T.SPLIT_TILES[layout] + gn.T.SPLIT_BACKWARD_TILES[layout]:
+            assert _group_norm_plans(x, 32, w, w, True, capability, seen, path="split", split_tile=tile)
     assert_every_entry_reached(gn.T.TABLE, seen)
 
 
@@ -108,8 +137,8 @@ def test_group_norm_silu_overrides_must_name_table_tiles():
     x = meta((1, 64, 16, 16))
     with pytest.raises(ValueError, match="split_tile must be one of"):
         gn.plan_forward(x, 32, None, None, 1e-6, True, path="split", split_tile=(8, 8))
-    with pytest.raises(ValueError, match="no fused tile"):
-        gn.plan_forward(meta((1, 64, 512, 512)), 1, None, None, 1e-6, True, path="fused")
+    with pytest.raises(ValueError, match="no fused tile"):  # 128 channels per group: wider than every tile
+        gn.plan_forward(meta((1, 128, 16, 16)), 1, None, None, 1e-6, True, path="fused")
 
 
 def test_group_norm_silu_plans_are_cached():

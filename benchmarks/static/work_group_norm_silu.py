@@ -3,13 +3,20 @@
 The launcher (``kernels/group_norm_silu.py``) plans on ``meta`` tensors; each launch's arguments
 give its tiles and chunking. ``E = N*C*S`` elements of ``s`` bytes:
 
-* fused forward: one program per group reads its ``C/G x S`` values once and writes them once.
+* fused forward: a persistent grid; each program normalises ``rounds`` units of whole groups,
+  reading each twice (statistics, then the output, backwards) and writing it once. The planner
+  holds no more groups at once than fit its L2 budget, so the second read is counted as an L2
+  hit: ``2*E*s`` of HBM, ``2*E*s`` loaded. Each pass restarts the loop (an outer trip).
 * split forward: partial statistics read ``x`` (``E*s``) and write ``2 * N*C*chunks`` fp32
-  partials; the combine reads those; apply reads ``x`` again and writes ``y``: ``3*E*s`` in all.
-* backward (fused: one program per group; split: partial sums, per-group finish, ``dx``) reads
-  ``x`` and ``dy`` and writes ``dx`` (split: ``x`` and ``dy`` twice, ``5*E*s``); the affine
-  gradients add ``N*C`` fp32 sums. The benchmark's ``dy`` is NCHW-contiguous: for a
-  channels-last input the launcher copies it first (``2*E*s`` more).
+  partials; the combine reads those and writes per-channel constants; apply reads ``x`` again
+  (chunked for its own whole waves) and writes ``y``: ``3*E*s`` in all. Apply runs its chunks in
+  reverse, so its first tiles may still be in L2; the model does not count that (at the headline
+  shapes ``x`` is several times the L2).
+* backward (fused: as the forward, ``x`` and ``dy`` read twice; split: partial sums, per-group
+  finish, ``dx``) reads ``x`` and ``dy`` and writes ``dx`` (split: ``x`` and ``dy`` twice,
+  ``5*E*s``); the affine gradients add ``N*C`` fp32 sums. The benchmark's ``dy`` is
+  NCHW-contiguous: for a channels-last input the split kernels read it in place (its tile
+  transposed through shared memory); a fused plan copies it first (``2*E*s`` more).
 
 FMA work is a handful of fp32 operations per element (counted, never binding).
 """
@@ -46,7 +53,7 @@ def launches(case: StaticCase, capability: int, sms: int) -> list[LaunchWork]:
         dy = meta(x.shape, case.dtype)  # the benchmark's upstream gradient: NCHW-contiguous
         _, backward = launcher.plan_backward(dy, x, mean, rstd, w, b, GROUPS, True)
     works = []
-    if case.format == "channels_last":
+    if case.format == "channels_last" and dict(backward[0].config.constexprs).get("DY_CHANNELS_LAST", True):
         e = x.numel() * BYTES[case.dtype]
         works.append(LaunchWork("torch copy: dy to channels_last", None, None, 1, dram_bytes=2 * e, l2_bytes=e,
                                 store_bytes=e, torch_efficiency=0.9,
@@ -65,40 +72,44 @@ def _work(case: StaticCase, launch) -> LaunchWork:
     kernel = cfg.kernel
     lw = LaunchWork(kernel.strip("_").replace("_kernel", ""), TABLE, cfg, grid)
     tile = tiles.get("BLOCK_C", 1) * tiles.get("BLOCK_S", 1)
-    if kernel == "_gn_fwd_fused_kernel":
-        lw.dram_bytes, lw.store_bytes = 2 * E * s_bytes, E * s_bytes
-        lw.l2_bytes = E * s_bytes
-        lw.trip_load_bytes = E * s_bytes / grid
-        lw.fma_flops = (FLOPS_PER_ELEMENT["stats"] + FLOPS_PER_ELEMENT["apply"]) * E
+    if kernel in ("_gn_fwd_fused_kernel", "_gn_bwd_fused_kernel"):
+        tensors = 1 if kernel == "_gn_fwd_fused_kernel" else 2  # x (and dy), each read twice
+        sums = 2 * n * c * 4 if tensors == 2 else 0
+        lw.dram_bytes, lw.store_bytes = (tensors + 1) * E * s_bytes + sums, E * s_bytes + sums
+        lw.l2_bytes = 2 * tensors * E * s_bytes
+        rounds = cdiv(args["NUM_UNITS"], grid)
+        lw.trips = rounds * 2 * cdiv(S, tiles["BLOCK_S"])
+        lw.outer_trips = 2 * rounds
+        lw.trip_load_bytes = tensors * tile * s_bytes
+        lw.fma_flops = (FLOPS_PER_ELEMENT["stats"] + FLOPS_PER_ELEMENT["apply"]) * E if tensors == 1 \
+            else FLOPS_PER_ELEMENT["backward"] * 1.5 * E
+        lw.notes.append("each unit read twice; the second read from L2 (the planner's L2 budget)")
     elif kernel == "_gn_fwd_partial_stats_kernel":
         partials = 2 * n * c * args["NUM_CHUNKS"] * 4
         lw.dram_bytes, lw.store_bytes, lw.l2_bytes = E * s_bytes + partials, partials, E * s_bytes
-        lw.trips = cdiv(args["CHUNK"], tiles["BLOCK_S"])
+        lw.trips = cdiv(args["TILES"], args["NUM_CHUNKS"])
         lw.trip_load_bytes = tile * s_bytes
         lw.fma_flops = FLOPS_PER_ELEMENT["stats"] * E
         lw.notes.append("first of two reads of x (the split path)")
     elif kernel == "_gn_fwd_combine_kernel":
         partials = 2 * n * c * args["NUM_CHUNKS"] * 4
-        lw.dram_bytes, lw.store_bytes, lw.l2_bytes = partials + 8 * grid, 8 * grid, partials
+        constants = 3 * n * c * 4
+        lw.dram_bytes, lw.store_bytes = partials + constants + 8 * grid, constants + 8 * grid
+        lw.l2_bytes = partials
         lw.reread_bytes = partials
         lw.trips = 2 * cdiv(args["CPG"] * args["NUM_CHUNKS"], tiles["BLOCK"])
         lw.trip_load_bytes = partials / grid / lw.trips
     elif kernel == "_gn_fwd_apply_kernel":
         lw.dram_bytes, lw.store_bytes, lw.l2_bytes = 2 * E * s_bytes, E * s_bytes, E * s_bytes
+        lw.trips = cdiv(args["TILES"], args["NUM_CHUNKS"])
         lw.trip_load_bytes = tile * s_bytes
         lw.fma_flops = FLOPS_PER_ELEMENT["apply"] * E
         lw.reread_bytes = E * s_bytes
         lw.notes.append("second read of x (the split path)")
-    elif kernel == "_gn_bwd_fused_kernel":
-        sums = 2 * n * c * 4
-        lw.dram_bytes, lw.store_bytes = 3 * E * s_bytes + sums, E * s_bytes + sums
-        lw.l2_bytes = 2 * E * s_bytes
-        lw.trip_load_bytes = 2 * E * s_bytes / grid
-        lw.fma_flops = FLOPS_PER_ELEMENT["backward"] * E
     elif kernel == "_gn_bwd_partial_kernel":
         partials = 2 * n * c * args["NUM_CHUNKS"] * 4
         lw.dram_bytes, lw.store_bytes, lw.l2_bytes = 2 * E * s_bytes + partials, partials, 2 * E * s_bytes
-        lw.trips = cdiv(args["CHUNK"], tiles["BLOCK_S"])
+        lw.trips = cdiv(args["TILES"], args["NUM_CHUNKS"])
         lw.trip_load_bytes = 2 * tile * s_bytes
         lw.fma_flops = FLOPS_PER_ELEMENT["backward"] / 2 * E
         lw.notes.append("first of two reads of x and dy (the split path)")
@@ -112,6 +123,7 @@ def _work(case: StaticCase, launch) -> LaunchWork:
     elif kernel == "_gn_bwd_dx_kernel":
         lw.dram_bytes, lw.store_bytes, lw.l2_bytes = 3 * E * s_bytes, E * s_bytes, 2 * E * s_bytes
         lw.reread_bytes = 2 * E * s_bytes  # the partial sums read x and dy just before
+        lw.trips = cdiv(args["TILES"], args["NUM_CHUNKS"])
         lw.trip_load_bytes = 2 * tile * s_bytes
         lw.fma_flops = FLOPS_PER_ELEMENT["backward"] * E
     elif kernel == "_gn_bwd_affine_kernel":
