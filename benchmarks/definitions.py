@@ -179,7 +179,13 @@ class OpBench:
         return out, grad_out
 
     def make_grad_out(self, out, gen: torch.Generator):
-        return randn(out.shape, out.dtype, out.device, gen)
+        """The upstream gradient, in the output's memory format: in a channels_last network the
+        gradient reaching a layer's output is channels_last too (the next convolution's backward
+        writes it so). Same values in either layout, so the fp64 check is unaffected."""
+        grad = randn(out.shape, out.dtype, out.device, gen)
+        if grad.dim() == 4 and not out.is_contiguous() and out.is_contiguous(memory_format=torch.channels_last):
+            grad = grad.contiguous(memory_format=torch.channels_last)
+        return grad
 
     def output_for_error(self, out):
         return out

@@ -311,3 +311,14 @@ def test_gpu_check_script_parses():
     script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "gpu_check.sh")
     subprocess.run(["bash", "-n", script], check=True)
     assert os.access(script, os.X_OK)
+
+
+def test_upstream_gradient_follows_the_output_layout():
+    """A channels_last network hands each layer a channels_last gradient: the backward rows see
+    that layout (the same values either way)."""
+    bench = definitions.GroupNormSiLU()
+    out = torch.empty(2, 8, 5, 3).contiguous(memory_format=torch.channels_last)
+    grad = bench.make_grad_out(out, torch.Generator().manual_seed(0))
+    assert grad.is_contiguous(memory_format=torch.channels_last) and not grad.is_contiguous()
+    plain = bench.make_grad_out(out.contiguous(), torch.Generator().manual_seed(0))
+    assert plain.is_contiguous() and torch.equal(grad, plain)

@@ -14,9 +14,10 @@ give its tiles and chunking. ``E = N*C*S`` elements of ``s`` bytes:
   shapes ``x`` is several times the L2).
 * backward (fused: as the forward, ``x`` and ``dy`` read twice; split: partial sums, per-group
   finish, ``dx``) reads ``x`` and ``dy`` and writes ``dx`` (split: ``x`` and ``dy`` twice,
-  ``5*E*s``); the affine gradients add ``N*C`` fp32 sums. The benchmark's ``dy`` is
-  NCHW-contiguous: for a channels-last input the split kernels read it in place (its tile
-  transposed through shared memory); a fused plan copies it first (``2*E*s`` more).
+  ``5*E*s``); the affine gradients add ``N*C`` fp32 sums. The benchmark's ``dy`` has the
+  output's layout, as in a network of that layout (an NCHW ``dy`` for a channels-last input is
+  read in place by the split kernels, its tile transposed through shared memory; a fused plan
+  would copy it first, ``2*E*s`` more: a copy this model counts when a plan asks for one).
 
 FMA work is a handful of fp32 operations per element (counted, never binding).
 """
@@ -37,11 +38,14 @@ GROUPS, EPS = 32, 1e-6
 FLOPS_PER_ELEMENT = {"stats": 4, "apply": 8, "backward": 20}
 
 
+def _format(case: StaticCase) -> torch.memory_format:
+    return torch.channels_last if case.format == "channels_last" else torch.contiguous_format
+
+
 def _tensors(case: StaticCase):
-    n, c, h, w = case.dims
-    fmt = torch.channels_last if case.format == "channels_last" else torch.contiguous_format
-    x = meta((n, c, h, w), case.dtype, fmt)
-    return x, meta((c,), case.dtype), meta((c,), case.dtype)
+    channels = case.dims[1]
+    x = meta(tuple(case.dims), case.dtype, _format(case))
+    return x, meta((channels,), case.dtype), meta((channels,), case.dtype)
 
 
 def launches(case: StaticCase, capability: int, sms: int) -> list[LaunchWork]:
@@ -50,14 +54,16 @@ def launches(case: StaticCase, capability: int, sms: int) -> list[LaunchWork]:
         (y, mean, rstd), forward = launcher.plan_forward(x, GROUPS, w, b, EPS, True)
         if case.mode == "forward":
             return [_work(case, launch) for launch in forward]
-        dy = meta(x.shape, case.dtype)  # the benchmark's upstream gradient: NCHW-contiguous
+        dy = meta(x.shape, case.dtype, _format(case))  # the benchmark's upstream gradient: x's layout
         _, backward = launcher.plan_backward(dy, x, mean, rstd, w, b, GROUPS, True)
     works = []
-    if case.format == "channels_last" and dict(backward[0].config.constexprs).get("DY_CHANNELS_LAST", True):
+    dy_read_as_channels_last = dict(backward[0].config.constexprs).get("DY_CHANNELS_LAST", True)
+    if case.format == "channels_last" and dy_read_as_channels_last and not dy.is_contiguous(
+            memory_format=torch.channels_last):
         e = x.numel() * BYTES[case.dtype]
         works.append(LaunchWork("torch copy: dy to channels_last", None, None, 1, dram_bytes=2 * e, l2_bytes=e,
                                 store_bytes=e, torch_efficiency=0.9,
-                                notes=["the benchmark's dy is NCHW: copied to x's layout"]))
+                                notes=["an NCHW dy: copied to x's layout"]))
     return works + [_work(case, launch) for launch in backward]
 
 
