@@ -272,3 +272,25 @@ def test_bench_static_command_writes_tables_and_prints_model_beside_measurement(
     line = next(l for l in printed.splitlines() if l.startswith("| group_norm_silu | 2x64x6x5 | fp32 | nchw"))
     assert "forward+backward" in line and "17.5" in line
     assert sorted(p.name for p in out.iterdir()) == ["static_model.csv", "static_model.json", "static_model.md"]
+
+
+def test_goals_read_the_practical_floor_and_say_why_when_missed():
+    from vqvae_fast.benchmarks.static import goals
+
+    def estimate(goal, pct, arch="sm_90a"):
+        case = StaticCase(goal.op, goal.dims, goal.dtype, goal.format, goal.mode, goal.provider)
+        return SimpleNamespace(case=case, gpu=SimpleNamespace(key=arch), error=None, pct_floor=pct,
+                               binds="dram (x)")
+
+    gn_bwd = next(g for g in goals.GOALS if g.op == "group_norm_silu" and g.mode == "backward"
+                  and g.format == "channels_last")
+    attn_fwd = next(g for g in goals.GOALS if g.op == "spatial_attention" and g.mode == "forward")
+    rows = goals.goal_rows([estimate(gn_bwd, 51.3), estimate(attn_fwd, 50.0), estimate(attn_fwd, 90.0, "sm_80")])
+    by_case = {(r["op"], r["mode"], r["format"]): r for r in rows}
+    gn = by_case[("group_norm_silu", "backward", "channels_last")]
+    assert gn["est_pct"] == pytest.approx(51.3 * 5 / 3, abs=0.05) and gn["met"] == "met" and gn["why"] == ""
+    attn = by_case[("spatial_attention", "forward", "bcn")]  # the A100 estimate is not the H100 goal's
+    assert attn["est_pct"] == 50.0 and attn["met"] == "missed" and "L2" in attn["why"]
+    assert sum(r["met"] == "not estimated" for r in rows) == len(goals.GOALS) - 2
+    table = "\n".join(report._md_table(rows, report.GOAL_COLUMNS))
+    assert "| missed |" in table and "practical: 5*E*s" in table

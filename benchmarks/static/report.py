@@ -1,6 +1,6 @@
 """The static model's tables: markdown, CSV and JSON, and model against measurement.
 
-``static_model.md``    per GPU: one line per case (estimated time, floor, % of floor, what binds),
+``static_model.md``    the goals (``goals.py``) against the H100 estimates; per GPU: one line per case (estimated time, floor, % of floor, what binds),
                        then one line per launch (table entry, grid, registers, spills, shared
                        memory, CTAs/SM, waves, pipelining, instruction mix, bytes and FLOPs).
 ``static_model.csv``   the launch lines, every column.
@@ -19,6 +19,7 @@ import os
 
 from .. import formulas
 from .estimate import LaunchEstimate
+from .goals import goal_rows
 from .hardware import GPUS
 from .model import CaseEstimate
 
@@ -96,6 +97,9 @@ CASE_COLUMNS = [("op", "op"), ("shape", "shape"), ("dtype", "dtype"), ("format",
                 ("floor_us", "floor us"), ("floor_bound", "floor"), ("est_pct_floor", "est. % floor"),
                 ("binds", "binds"), ("hbm_mb", "HBM MB"), ("floor_mb", "floor MB"), ("gflop", "GFLOP"),
                 ("floor_gflop", "floor GFLOP"), ("error", "error")]
+GOAL_COLUMNS = [("op", "op"), ("shape", "shape"), ("dtype", "dtype"), ("format", "layout"), ("mode", "mode"),
+                ("goal_pct", "goal %"), ("floor", "of floor"), ("est_pct", "est. %"), ("met", "met"),
+                ("binds", "binds"), ("why", "why not")]
 LAUNCH_COLUMNS = [("op", "op"), ("shape", "shape"), ("dtype", "dtype"), ("format", "layout"), ("mode", "mode"),
                   ("launch", "launch"), ("grid", "grid"), ("registers", "regs"), ("spills", "spills"),
                   ("shared", "smem B"), ("warps", "warps"), ("ctas_per_sm", "CTAs/SM"), ("waves", "waves"),
@@ -128,6 +132,9 @@ def markdown(estimates: list[CaseEstimate], constants: dict) -> str:
            "Every time and percentage here is an **estimate** of the static model "
            "(`vqvae-fast bench --static`, docs/performance.md): no GPU ran these kernels. "
            "PyTorch launches (entry `(PyTorch)`) are estimated from their bytes and FLOPs.", ""]
+    goals = [g for g in goal_rows(estimates) if g["met"] != "not estimated"]
+    if goals:
+        out += ["## Goals (H100)", ""] + _md_table(goals, GOAL_COLUMNS) + [""]
     for arch, gpu in GPUS.items():
         mine = [e for e in estimates if e.gpu.key == arch]
         if not mine:
@@ -163,7 +170,8 @@ def write(estimates: list[CaseEstimate], folder: str) -> dict:
         writer.writeheader()
         writer.writerows(launches)
     with open(paths["json"], "w") as f:
-        json.dump({"label": LABEL, "constants": consts, "cases": [case_row(e) for e in estimates]}, f, indent=1)
+        json.dump({"label": LABEL, "constants": consts, "goals": goal_rows(estimates),
+                   "cases": [case_row(e) for e in estimates]}, f, indent=1)
     return paths
 
 
