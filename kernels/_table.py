@@ -202,6 +202,12 @@ class Launch:
         self.kernel[self.grid](*self.args, **self.config.launch_options)
 
 
+def launch_strides(t) -> tuple[int, ...]:
+    """A tensor's strides for a launch; 0 for a dimension of size 1 (never stepped along), so that
+    a batch of one keeps the other arguments' 16-divisibility, which the compiled code relies on."""
+    return tuple(0 if size == 1 else stride for size, stride in zip(t.shape, t.stride()))
+
+
 def run(launches) -> None:
     for launch in launches:
         launch()

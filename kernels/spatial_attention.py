@@ -29,7 +29,7 @@ from vqvae_fast._device import capability, device_guard, sm_count
 
 from . import spatial_attention_jit as jit
 from . import spatial_attention_table as T
-from ._table import Launch, run
+from ._table import Launch, launch_strides, run
 from .spatial_attention_table import backward_configs, forward_configs  # noqa: F401  (the launchers' API)
 
 LOG2E = math.log2(math.e)
@@ -84,12 +84,6 @@ def key_ranges(n: int, block_n: int, splits: int) -> tuple[int, int]:
 # Operand layouts
 
 
-def _strides(t: torch.Tensor) -> tuple[int, ...]:
-    """Strides for a launch; 0 for a dimension of size 1 (never stepped along), so that a batch
-    of one keeps the other arguments' 16-divisibility, which the compiled code relies on."""
-    return tuple(0 if size == 1 else stride for size, stride in zip(t.shape, t.stride()))
-
-
 def in_kernel_layout(t: torch.Tensor, layout: str | None = None) -> bool:
     """Whether the kernels read ``t`` (``(B, C, N)``) in place with 16-byte copies, in ``layout``
     (either, if ``None``). Triton specialises on 16-divisible integers, so: ``C`` a multiple of
@@ -97,7 +91,7 @@ def in_kernel_layout(t: torch.Tensor, layout: str | None = None) -> bool:
     multiples of 16 (``"n"``) or channels innermost with the other strides multiples of 16
     (``"c"``; any ``N``)."""
     channels, n = t.shape[1], t.shape[2]
-    sb, sc, sn = _strides(t)
+    sb, sc, sn = launch_strides(t)
     if channels % 16 or t.data_ptr() % 16 or sb % 16:
         return False
     if sn == 1:
@@ -144,7 +138,7 @@ def check_image_offsets(head: int, **tensors: torch.Tensor) -> None:
     past 2^31 they would wrap and address another image's data.
     """
     for name, t in tensors.items():
-        _, stride_c, stride_n = _strides(t)
+        _, stride_c, stride_n = launch_strides(t)
         reach = (head - 1) * abs(stride_c) + (t.shape[2] + MAX_BLOCK) * abs(stride_n)
         if reach >= 2**31:
             raise ValueError(
@@ -192,7 +186,7 @@ def forward(
     check_image_offsets(head, q=q, k=k, v=v, out=target)
     with device_guard(q):
         if isinstance(configs, T.RowsForward):
-            from . import spatial_attention_rows as rows  # imports this module
+            from . import spatial_attention_rows as rows  # the head 256-512 kernels, loaded when used
 
             plan = rows.forward_plan(q.shape[0], q.shape[2], head, TRITON_TYPES[q.dtype], layout,
                                      T.arch_name(capability_), processors)
@@ -221,23 +215,23 @@ _FIRST_WORKING: dict = {}  # (head, capability) -> index of the first tile that 
 
 def _launch_forward(tile, q, k, v, out, lse, scale, splits, processors) -> None:
     batch, head, n = q.shape
-    layout = "n" if _strides(q)[2] == 1 else "c"
+    layout = "n" if launch_strides(q)[2] == 1 else "c"
     arch = T.arch_name(device_facts(q.device)[0])
     entry, grid, splits, keys_per_split, combine = forward_plan(
         batch, n, head, TRITON_TYPES[q.dtype], layout, arch, tile, processors, splits)
     qk_scale = scale * LOG2E
-    inputs = (*_strides(q), *_strides(k), *_strides(v))
+    inputs = (*launch_strides(q), *launch_strides(k), *launch_strides(v))
     if combine is None:
         run([Launch(entry, jit._forward_kernel, grid,
-                    (q, k, v, out, lse, *inputs, *_strides(out), 0, n, keys_per_split, qk_scale))])
+                    (q, k, v, out, lse, *inputs, *launch_strides(out), 0, n, keys_per_split, qk_scale))])
         return
     part = q.new_empty((splits, batch, n, head), dtype=torch.float32).transpose(2, 3)
     check_image_offsets(head, out=part[0])
     part_lse = torch.empty((splits, batch, n), device=q.device, dtype=torch.float32)
     block_p = T.REDUCE_TILE["BLOCK_P"]
     run([
-        Launch(entry, jit._forward_kernel, grid, (q, k, v, part, part_lse, *inputs, *_strides(part[0]),
+        Launch(entry, jit._forward_kernel, grid, (q, k, v, part, part_lse, *inputs, *launch_strides(part[0]),
                                                   part.stride(0), n, keys_per_split, qk_scale)),
         Launch(combine, jit._combine_kernel, (triton.cdiv(n, block_p), batch),
-               (part, part_lse, out, lse, part.stride(0), *_strides(part[0]), *_strides(out), n, head, splits)),
+               (part, part_lse, out, lse, part.stride(0), *launch_strides(part[0]), *launch_strides(out), n, head, splits)),
     ])

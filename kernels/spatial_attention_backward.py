@@ -20,9 +20,9 @@ from vqvae_fast._device import device_guard
 from . import spatial_attention_backward_jit as jit
 from . import spatial_attention_rows as rows
 from . import spatial_attention_table as T
-from ._table import Launch, run
+from ._table import Launch, launch_strides, run
 from .spatial_attention import (
-    LOG2E, TRITON_TYPES, _strides, check_image_offsets, choose_layout, choose_splits, device_facts, head_size,
+    LOG2E, TRITON_TYPES, check_image_offsets, choose_layout, choose_splits, device_facts, head_size,
     kernel_input, kernel_output, key_ranges,
 )
 from .spatial_attention_table import backward_configs  # noqa: F401  (the launcher's API)
@@ -71,7 +71,7 @@ def backward(
     lse = lse.contiguous()
     delta_launch = Launch(delta_plan(arch, dtype, layout), jit._delta_kernel,
                           (triton.cdiv(n, T.REDUCE_TILE["BLOCK_P"]), batch),
-                          (out, grad_out, delta, *_strides(out), *_strides(grad_out), n, head))
+                          (out, grad_out, delta, *launch_strides(out), *launch_strides(grad_out), n, head))
     if isinstance(backward_configs(head, capability), T.RowsBackward):
         plan = rows.rows_plan(batch, n, head, dtype, layout, arch, processors)
         with device_guard(q):
@@ -92,15 +92,15 @@ def _flash(q, k, v, grad_out, lse, delta, targets, scale, delta_launch, plan) ->
     if splits > 1:  # fp32 partial sums over key ranges, added below
         dq_out = q.new_empty((splits, batch, n, head), dtype=torch.float32).transpose(2, 3)
         check_image_offsets(head, dq=dq_out[0])
-    inputs = (*_strides(q), *_strides(k), *_strides(v), *_strides(grad_out))
+    inputs = (*launch_strides(q), *launch_strides(k), *launch_strides(v), *launch_strides(grad_out))
     with device_guard(q):
         run([
             delta_launch,
             Launch(kv_entry, jit._dkdv_kernel, kv_grid,
-                   (q, k, v, grad_out, lse, delta, targets[1], targets[2], *inputs, *_strides(targets[1]),
-                    *_strides(targets[2]), n, scale, scale * LOG2E)),
+                   (q, k, v, grad_out, lse, delta, targets[1], targets[2], *inputs, *launch_strides(targets[1]),
+                    *launch_strides(targets[2]), n, scale, scale * LOG2E)),
             Launch(q_entry, jit._dq_kernel, q_grid,
-                   (q, k, v, grad_out, lse, delta, dq_out, *inputs, *_strides(dq_out[0] if splits > 1 else dq_out),
+                   (q, k, v, grad_out, lse, delta, dq_out, *inputs, *launch_strides(dq_out[0] if splits > 1 else dq_out),
                     dq_out.stride(0) if splits > 1 else 0, n, keys_per_split, scale, scale * LOG2E)),
         ])
     if splits > 1:

@@ -25,8 +25,7 @@ import triton
 
 from . import spatial_attention_rows_jit as jit
 from . import spatial_attention_table as T
-from ._table import Config, Launch
-from .spatial_attention import _strides
+from ._table import Config, Launch, launch_strides
 
 #: bytes of the scratch buffer: ``P`` and ``dS`` of one block of rows, 16-bit, keys padded to tiles
 SCRATCH_BYTES = 64 * 2**20
@@ -91,11 +90,11 @@ def forward_launches(plan: ForwardPlan, q, k, v, out, lse, qk_scale) -> list[Lau
         launches += [
             Launch(plan.scores, jit._scores_kernel,
                    (triton.cdiv(rows, scores["BLOCK_M"]), tiles, batch),
-                   (q, k, p, stats, *_strides(q), *_strides(k), *_strides(p), *_strides(stats)[:2], n, head, r0, rows,
+                   (q, k, p, stats, *launch_strides(q), *launch_strides(k), *launch_strides(p), *launch_strides(stats)[:2], n, head, r0, rows,
                     qk_scale)),
             Launch(plan.attend, jit._attend_kernel,
                    (head // attend["BLOCK_M"], triton.cdiv(rows, attend["BLOCK_N"]), batch),
-                   (v, p, stats, out, lse, *_strides(v), *_strides(p), *_strides(stats)[:2], *_strides(out), n, head,
+                   (v, p, stats, out, lse, *launch_strides(v), *launch_strides(p), *launch_strides(stats)[:2], *launch_strides(out), n, head,
                     r0, rows, tiles)),
         ]
     return launches
@@ -136,9 +135,9 @@ def _bmm(entry, out, acc, a, a_strides, b, b_strides, m, n, k, alpha) -> Launch:
     view). Without ``ADD``, ``acc`` is any fp32 tensor (never read)."""
     tile = dict(entry.constexprs)
     grid = (triton.cdiv(m, tile["BLOCK_M"]), triton.cdiv(n, tile["BLOCK_N"]), out.shape[0])
-    acc_strides = _strides(acc) if tile["ADD"] else (0, 0, 1)
+    acc_strides = launch_strides(acc) if tile["ADD"] else (0, 0, 1)
     return Launch(entry, jit._bmm_kernel, grid, (a, b, acc, out, *a_strides, *b_strides, *acc_strides,
-                                                   *_strides(out), m, n, k, alpha))
+                                                   *launch_strides(out), m, n, k, alpha))
 
 
 def launches(plan: RowsPlan, q, k, v, grad_out, lse, delta, dq, dk, dv, scale, qk_scale) -> list[Launch]:
@@ -153,14 +152,14 @@ def launches(plan: RowsPlan, q, k, v, grad_out, lse, delta, dq, dk, dv, scale, q
     several = plan.blocks > 1
     partial_dv = q.new_empty((batch, head, n), dtype=torch.float32) if several else None
     partial_dk = q.new_empty((batch, head, n), dtype=torch.float32) if several else None
-    scratch = _strides(p)
+    scratch = launch_strides(p)
     transposed = (scratch[0], scratch[2], scratch[1])  # dS_rᵀ: (keys, rows)
     out = []
     for index, r0 in enumerate(range(0, n, plan.rows)):
         rows = min(plan.rows, n - r0)
         grid = (triton.cdiv(rows, tile["BLOCK_M"]), triton.cdiv(n, tile["BLOCK_N"]), batch)
         out.append(Launch(plan.scores, jit._score_grads_kernel, grid, (
-            q, k, v, grad_out, lse, delta, p, ds, *_strides(q), *_strides(k), *_strides(v), *_strides(grad_out),
+            q, k, v, grad_out, lse, delta, p, ds, *launch_strides(q), *launch_strides(k), *launch_strides(v), *launch_strides(grad_out),
             *scratch, n, head, r0, rows, qk_scale)))
         if not several:
             entry = plan.to_result
@@ -172,7 +171,7 @@ def launches(plan: RowsPlan, q, k, v, grad_out, lse, delta, dq, dk, dv, scale, q
         for a, b, alpha, partial, result in ((grad_out, p, 1.0, partial_dv, dv), (q, ds, scale, partial_dk, dk)):
             a_rows = a[:, :, r0:r0 + rows]  # dV += dO_r P_r, dK += s Q_r dS_r
             out.append(_bmm(entry, result if last else partial, lse if partial is None else partial,
-                            a_rows, _strides(a_rows), b, scratch, head, n, rows, alpha))
+                            a_rows, launch_strides(a_rows), b, scratch, head, n, rows, alpha))
         # dQ_r = s K dS_rᵀ
-        out.append(_bmm(plan.dq, dq[:, :, r0:r0 + rows], lse, k, _strides(k), ds, transposed, head, rows, n, scale))
+        out.append(_bmm(plan.dq, dq[:, :, r0:r0 + rows], lse, k, launch_strides(k), ds, transposed, head, rows, n, scale))
     return out
