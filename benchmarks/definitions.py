@@ -129,6 +129,21 @@ def compile_fn(fn: Callable, mode: str | None = None) -> Callable:
     return torch.compile(fn, dynamic=False, mode=mode)
 
 
+def with_cudnn_benchmark(fn: Callable) -> Callable:
+    """``fn`` run with ``torch.backends.cudnn.benchmark`` on (cuDNN times its algorithms: what a
+    user tuning plain PyTorch turns on), the caller's setting restored after each call."""
+
+    def run():
+        old = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = True
+        try:
+            return fn()
+        finally:
+            torch.backends.cudnn.benchmark = old
+
+    return run
+
+
 def public_backend(op: str, device: torch.device, dtype: torch.dtype) -> str:
     """The backend ``vqvae_fast.<op>`` picks for this device and dtype."""
     from vqvae_fast._backend import op_backends
@@ -430,14 +445,7 @@ class PaddedConv2d(OpBench):
             fn = compile_fn(ref.padded_conv2d)
             return Runner(lambda: fn(x, w, b, stride, padding), [x, w, b], "inductor")
         if provider == "pytorch-best":
-            def run():
-                old = torch.backends.cudnn.benchmark
-                torch.backends.cudnn.benchmark = True  # let cuDNN time its algorithms
-                try:
-                    return F.conv2d(F.pad(x, padding), w, b, stride=stride)
-                finally:
-                    torch.backends.cudnn.benchmark = old
-
+            run = with_cudnn_benchmark(lambda: F.conv2d(F.pad(x, padding), w, b, stride=stride))
             label = "pad+cudnn.benchmark" if device.type == "cuda" else "pad+conv2d"
             return Runner(run, [x, w, b], label)
         if provider == "vqvae_fast":

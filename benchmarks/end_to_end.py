@@ -37,12 +37,18 @@ from .definitions import (
     randn,
     to_format,
     upcast,
+    with_cudnn_benchmark,
 )
 from .device import TORCH_DTYPES
 from .shapes import MODES, Case, Shape
 
 SHORT_CONFIG = {"vqgan_imagenet_f16_16384": "f16", "vq_f8": "vq_f8", "kl_f8": "kl_f8", "tiny": "tiny"}
 OP_SHORT = {"group_norm_silu": "gn", "spatial_attention": "attn", "codebook_argmin": "argmin", "padded_conv2d": "conv"}
+
+
+def model_backends(device: torch.device, dtype: torch.dtype) -> str:
+    """The backends a fast model's ops pick, e.g. ``"gn:triton attn:triton argmin:triton conv:cuda"``."""
+    return " ".join(f"{short}:{public_backend(op, device, dtype)}" for op, short in OP_SHORT.items())
 
 
 def build_model(config_name: str):
@@ -141,14 +147,7 @@ class VQModelBench(OpBench):
             best = copy.deepcopy(model).to(memory_format=torch.channels_last)
             x_cl = x.contiguous(memory_format=torch.channels_last)
 
-            def run():
-                old = torch.backends.cudnn.benchmark
-                torch.backends.cudnn.benchmark = True
-                try:
-                    return run_stage(best, stage, x_cl)
-                finally:
-                    torch.backends.cudnn.benchmark = old
-
+            run = with_cudnn_benchmark(lambda: run_stage(best, stage, x_cl))
             return Runner(run, list(best.parameters()), "channels_last+cudnn.benchmark")
         if provider == "vqvae_fast":
             import vqvae_fast
@@ -160,7 +159,7 @@ class VQModelBench(OpBench):
             fast.load_state_dict(model.state_dict())
             param = next(model.parameters())
             fast = fast.to(device=device, dtype=param.dtype).eval().requires_grad_(param.requires_grad)
-            backends = " ".join(f"{OP_SHORT[op]}:{public_backend(op, device, param.dtype)}" for op in OP_SHORT)
+            backends = model_backends(device, param.dtype)
             return Runner(lambda: run_stage(fast, stage, x), list(fast.parameters()), backends)
         raise ProviderUnavailable(f"no provider {provider!r} for {self.name}")
 

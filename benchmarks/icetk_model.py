@@ -30,10 +30,10 @@ import functools
 import torch
 
 from . import formulas
-from .definitions import PROVIDERS, Inputs, OpBench, ProviderUnavailable, Runner, compile_fn, public_backend, randn, \
-    to_format
+from .definitions import PROVIDERS, Inputs, OpBench, ProviderUnavailable, Runner, compile_fn, randn, to_format, \
+    with_cudnn_benchmark
 from .device import TORCH_DTYPES
-from .end_to_end import OP_SHORT
+from .end_to_end import model_backends
 from .shapes import Case, Shape
 
 CODEBOOK_STD = 0.2  # the std of the projected features of a random-weight model
@@ -144,14 +144,7 @@ class IcetkBench(OpBench):
             best = copy.deepcopy(model).to(memory_format=torch.channels_last)
             x_best = x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
-            def run():
-                old = torch.backends.cudnn.benchmark
-                torch.backends.cudnn.benchmark = True
-                try:
-                    return run_stage(best, stage, x_best, level)
-                finally:
-                    torch.backends.cudnn.benchmark = old
-
+            run = with_cudnn_benchmark(lambda: run_stage(best, stage, x_best, level))
             return Runner(run, [], "channels_last+cudnn.benchmark")
         if provider == "vqvae_fast":
             from vqvae_fast import icetk
@@ -160,8 +153,7 @@ class IcetkBench(OpBench):
             fast.load_state_dict(model.state_dict())
             param = next(model.parameters())
             fast = fast.to(device=device, dtype=param.dtype).eval().requires_grad_(False)
-            backends = " ".join(f"{OP_SHORT[op]}:{public_backend(op, device, param.dtype)}" for op in OP_SHORT)
-            return Runner(lambda: run_stage(fast, stage, x, level), [], backends)
+            return Runner(lambda: run_stage(fast, stage, x, level), [], model_backends(device, param.dtype))
         raise ProviderUnavailable(f"no provider {provider!r} for {self.name}")
 
     def output_for_error(self, out):

@@ -32,8 +32,8 @@ import weakref
 
 import torch
 
-from .definitions import Inputs, ProviderUnavailable, Runner, public_backend
-from .end_to_end import OP_SHORT, SHORT_CONFIG, VQModelBench
+from .definitions import Inputs, ProviderUnavailable, Runner
+from .end_to_end import SHORT_CONFIG, VQModelBench, model_backends
 
 PROVIDERS = ("reference", "vqvae_fast", "vqvae_fast-lean", "vqvae_fast-budget")
 BUDGET_FRACTION = 8
@@ -106,8 +106,7 @@ class LowMemBench(VQModelBench):
             return result
 
         dtype = inputs.tensors["x"].dtype
-        backend = "eager" if provider == "reference" else " ".join(
-            f"{OP_SHORT[op]}:{public_backend(op, device, dtype)}" for op in OP_SHORT)
+        backend = "eager" if provider == "reference" else model_backends(device, dtype)
         return Runner(lambda: None, [], f"{backend}, own process", measured=measured)
 
     @staticmethod
