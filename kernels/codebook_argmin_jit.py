@@ -152,6 +152,20 @@ def _publish(best_ptr, second_ptr, rows, row_mask, best, best_idx, second, secon
 
 
 @triton.jit
+def _program_work(N, K, num_splits, tiles_per_split, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """This program's rows and codebook tiles: row block ``pid // num_splits`` (its rows and their
+    mask) against tiles ``[tile_begin, tile_end)``, split ``s = pid % num_splits`` of the
+    codebook's tiles (at least one tile: the launcher sizes the splits so)."""
+    pid = tl.program_id(0)
+    row_block = pid // num_splits
+    split = pid - row_block * num_splits
+    rows = row_block.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)  # 64-bit: N may exceed 2^31 rows
+    tile_begin = split * tiles_per_split
+    tile_end = tl.minimum(tile_begin + tiles_per_split, tl.cdiv(K, BLOCK_K))
+    return row_block, rows, rows < N, tile_begin, tile_end
+
+
+@triton.jit
 def _resident_kernel(
     z_ptr, e_ptr, enorm_ptr, best_ptr,
     N, K, D, item_blocks, stride_zb, stride_zw, stride_zd, stride_ek, num_splits, tiles_per_split,
@@ -160,19 +174,13 @@ def _resident_kernel(
     """fp16 / bf16, ``D <= BLOCK_D``: program ``pid`` takes row block ``pid // num_splits``
     against codebook tiles ``[s * tiles_per_split, (s + 1) * tiles_per_split)`` with
     ``s = pid % num_splits`` (at least one tile: the launcher sizes the splits so)."""
-    pid = tl.program_id(0)
-    row_block = pid // num_splits
-    split = pid - row_block * num_splits
-    block_start = row_block.to(tl.int64) * BLOCK_N  # 64-bit: N may exceed 2^31 rows
-    rows = block_start + tl.arange(0, BLOCK_N)
-    row_mask = rows < N
+    row_block, rows, row_mask, tile_begin, tile_end = _program_work(
+        N, K, num_splits, tiles_per_split, BLOCK_N, BLOCK_K)
     dims = tl.arange(0, BLOCK_D)
     d_mask = dims < D
     row_off = _row_offsets(row_block, item_blocks, stride_zb, stride_zw, BLOCK_N)
     z = tl.load(z_ptr + row_off[:, None] + dims[None, :].to(tl.int64) * stride_zd,
                 mask=row_mask[:, None] & d_mask[None, :], other=0.0)  # (BLOCK_N, BLOCK_D), resident
-    tile_begin = split * tiles_per_split
-    tile_end = tl.minimum(tile_begin + tiles_per_split, tl.cdiv(K, BLOCK_K))
     local = tl.arange(0, BLOCK_K)
     codes = tile_begin * BLOCK_K + local
     e_ptrs = e_ptr + codes.to(tl.int64)[None, :] * stride_ek + dims[:, None]  # (BLOCK_D, BLOCK_K)
@@ -206,17 +214,11 @@ def _chunked_kernel(
     """Like :func:`_resident_kernel` with ``D`` in ``BLOCK_D`` chunks. For ``"tf32x3"``, ``e_ptr``
     and ``es_ptr`` hold the codebook's TF32 big and small parts (zero-padded to a multiple of
     ``BLOCK_D`` columns: no mask along ``D``); otherwise ``es_ptr`` is not read."""
-    pid = tl.program_id(0)
-    row_block = pid // num_splits
-    split = pid - row_block * num_splits
-    block_start = row_block.to(tl.int64) * BLOCK_N  # 64-bit: N may exceed 2^31 rows
-    rows = block_start + tl.arange(0, BLOCK_N)
-    row_mask = rows < N
+    row_block, rows, row_mask, tile_begin, tile_end = _program_work(
+        N, K, num_splits, tiles_per_split, BLOCK_N, BLOCK_K)
     row_off = _row_offsets(row_block, item_blocks, stride_zb, stride_zw, BLOCK_N)
     dims = tl.arange(0, BLOCK_D)
     local = tl.arange(0, BLOCK_K)
-    tile_begin = split * tiles_per_split
-    tile_end = tl.minimum(tile_begin + tiles_per_split, tl.cdiv(K, BLOCK_K))
 
     best = tl.full([BLOCK_N], float("inf"), tl.float32)
     best_idx = tl.zeros([BLOCK_N], dtype=tl.int32)
