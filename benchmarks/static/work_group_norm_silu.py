@@ -15,9 +15,7 @@ give its tiles and chunking. ``E = N*C*S`` elements of ``s`` bytes:
 * backward (fused: as the forward, ``x`` and ``dy`` read twice; split: partial sums, per-group
   finish, ``dx``) reads ``x`` and ``dy`` and writes ``dx`` (split: ``x`` and ``dy`` twice,
   ``5*E*s``); the affine gradients add ``N*C`` fp32 sums. The benchmark's ``dy`` has the
-  output's layout, as in a network of that layout (an NCHW ``dy`` for a channels-last input is
-  read in place by the split kernels, its tile transposed through shared memory; a fused plan
-  would copy it first, ``2*E*s`` more: a copy this model counts when a plan asks for one).
+  output's layout, as in a network of that layout, so no launch converts it.
 
 FMA work is a handful of fp32 operations per element (counted, never binding).
 """
@@ -56,15 +54,7 @@ def launches(case: StaticCase, capability: int, sms: int) -> list[LaunchWork]:
             return [_work(case, launch) for launch in forward]
         dy = meta(x.shape, case.dtype, _format(case))  # the benchmark's upstream gradient: x's layout
         _, backward = launcher.plan_backward(dy, x, mean, rstd, w, b, GROUPS, True)
-    works = []
-    dy_read_as_channels_last = dict(backward[0].config.constexprs).get("DY_CHANNELS_LAST", True)
-    if case.format == "channels_last" and dy_read_as_channels_last and not dy.is_contiguous(
-            memory_format=torch.channels_last):
-        e = x.numel() * BYTES[case.dtype]
-        works.append(LaunchWork("torch copy: dy to channels_last", None, None, 1, dram_bytes=2 * e, l2_bytes=e,
-                                store_bytes=e, torch_efficiency=0.9,
-                                notes=["an NCHW dy: copied to x's layout"]))
-    return works + [_work(case, launch) for launch in backward]
+    return [_work(case, launch) for launch in backward]
 
 
 def _work(case: StaticCase, launch) -> LaunchWork:
