@@ -233,5 +233,6 @@ def _launch_forward(tile, q, k, v, out, lse, scale, splits, processors) -> None:
         Launch(entry, jit._forward_kernel, grid, (q, k, v, part, part_lse, *inputs, *launch_strides(part[0]),
                                                   part.stride(0), n, keys_per_split, qk_scale)),
         Launch(combine, jit._combine_kernel, (triton.cdiv(n, block_p), batch),
-               (part, part_lse, out, lse, part.stride(0), *launch_strides(part[0]), *launch_strides(out), n, head, splits)),
+               (part, part_lse, out, lse, part.stride(0), *launch_strides(part[0]), *launch_strides(out), n, head,
+                splits)),
     ])

@@ -100,8 +100,9 @@ def _flash(q, k, v, grad_out, lse, delta, targets, scale, delta_launch, plan) ->
                    (q, k, v, grad_out, lse, delta, targets[1], targets[2], *inputs, *launch_strides(targets[1]),
                     *launch_strides(targets[2]), n, scale, scale * LOG2E)),
             Launch(q_entry, jit._dq_kernel, q_grid,
-                   (q, k, v, grad_out, lse, delta, dq_out, *inputs, *launch_strides(dq_out[0] if splits > 1 else dq_out),
-                    dq_out.stride(0) if splits > 1 else 0, n, keys_per_split, scale, scale * LOG2E)),
+                   (q, k, v, grad_out, lse, delta, dq_out, *inputs,
+                    *launch_strides(dq_out[0] if splits > 1 else dq_out), dq_out.stride(0) if splits > 1 else 0, n,
+                    keys_per_split, scale, scale * LOG2E)),
         ])
     if splits > 1:
         targets[0].copy_(dq_out.sum(0))

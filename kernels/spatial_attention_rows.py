@@ -90,12 +90,12 @@ def forward_launches(plan: ForwardPlan, q, k, v, out, lse, qk_scale) -> list[Lau
         launches += [
             Launch(plan.scores, jit._scores_kernel,
                    (triton.cdiv(rows, scores["BLOCK_M"]), tiles, batch),
-                   (q, k, p, stats, *launch_strides(q), *launch_strides(k), *launch_strides(p), *launch_strides(stats)[:2], n, head, r0, rows,
-                    qk_scale)),
+                   (q, k, p, stats, *launch_strides(q), *launch_strides(k), *launch_strides(p),
+                    *launch_strides(stats)[:2], n, head, r0, rows, qk_scale)),
             Launch(plan.attend, jit._attend_kernel,
                    (head // attend["BLOCK_M"], triton.cdiv(rows, attend["BLOCK_N"]), batch),
-                   (v, p, stats, out, lse, *launch_strides(v), *launch_strides(p), *launch_strides(stats)[:2], *launch_strides(out), n, head,
-                    r0, rows, tiles)),
+                   (v, p, stats, out, lse, *launch_strides(v), *launch_strides(p), *launch_strides(stats)[:2],
+                    *launch_strides(out), n, head, r0, rows, tiles)),
         ]
     return launches
 
@@ -159,8 +159,8 @@ def launches(plan: RowsPlan, q, k, v, grad_out, lse, delta, dq, dk, dv, scale, q
         rows = min(plan.rows, n - r0)
         grid = (triton.cdiv(rows, tile["BLOCK_M"]), triton.cdiv(n, tile["BLOCK_N"]), batch)
         out.append(Launch(plan.scores, jit._score_grads_kernel, grid, (
-            q, k, v, grad_out, lse, delta, p, ds, *launch_strides(q), *launch_strides(k), *launch_strides(v), *launch_strides(grad_out),
-            *scratch, n, head, r0, rows, qk_scale)))
+            q, k, v, grad_out, lse, delta, p, ds, *launch_strides(q), *launch_strides(k), *launch_strides(v),
+            *launch_strides(grad_out), *scratch, n, head, r0, rows, qk_scale)))
         if not several:
             entry = plan.to_result
         elif index == 0:
@@ -173,5 +173,6 @@ def launches(plan: RowsPlan, q, k, v, grad_out, lse, delta, dq, dk, dv, scale, q
             out.append(_bmm(entry, result if last else partial, lse if partial is None else partial,
                             a_rows, launch_strides(a_rows), b, scratch, head, n, rows, alpha))
         # dQ_r = s K dS_rᵀ
-        out.append(_bmm(plan.dq, dq[:, :, r0:r0 + rows], lse, k, launch_strides(k), ds, transposed, head, rows, n, scale))
+        out.append(_bmm(plan.dq, dq[:, :, r0:r0 + rows], lse, k, launch_strides(k), ds, transposed, head, rows, n,
+                        scale))
     return out

@@ -1,6 +1,7 @@
 """The static model's tables: markdown, CSV and JSON, and model against measurement.
 
-``static_model.md``    the goals (``goals.py``) against the H100 estimates; per GPU: one line per case (estimated time, floor, % of floor, what binds),
+``static_model.md``    the goals (``goals.py``) against the H100 estimates; per GPU: one line per
+                       case (estimated time, floor, % of floor, what binds),
                        then one line per launch (table entry, grid, registers, spills, shared
                        memory, CTAs/SM, waves, pipelining, instruction mix, bytes and FLOPs).
 ``static_model.csv``   the launch lines, every column.
